@@ -1,0 +1,5 @@
+import sys
+
+from cryogmm.cli import main
+
+sys.exit(main())

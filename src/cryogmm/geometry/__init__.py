@@ -1,0 +1,1 @@
+"""Rotations (SO(3), RELION Euler angles) and, later, point-group symmetry."""

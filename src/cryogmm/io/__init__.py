@@ -1,0 +1,1 @@
+"""Thin readers and writers for the field's formats: MRC, STAR, PDB/mmCIF, run folders."""

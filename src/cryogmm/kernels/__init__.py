@@ -1,0 +1,102 @@
+"""Array-level kernels (numba) and their plain-numpy references.
+
+The wrappers here accept 1D, 2D or 3D grids and `(K, d)` means, and hand the numba kernels
+3D arrays, so every dimension runs through the same compiled code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cryogmm.grid import Grid
+from cryogmm.kernels.gaussians import binned_statistics_kernel, evaluate_kernel
+
+__all__ = ["BinnedStatistics", "binned_statistics", "evaluate_gaussians", "as_3d"]
+
+
+def as_3d(grid: Grid, means: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
+    """Shape, origin `(x, y, z)` and `(K, 3)` means of a grid of any dimension padded to 3D."""
+    d = grid.ndim
+    means = np.asarray(means, dtype=np.float64).reshape(-1, d)
+    shape3 = (1,) * (3 - d) + grid.shape
+    origin3 = np.zeros(3)
+    origin3[:d] = grid.origin_in_angstroms
+    means3 = np.zeros((means.shape[0], 3))
+    means3[:, :d] = means
+    return shape3, origin3, means3
+
+
+def evaluate_gaussians(
+    grid: Grid,
+    means: np.ndarray,
+    amplitudes: np.ndarray,
+    precision: float,
+    cutoff_sigmas: float = 5.0,
+    dtype=np.float64,
+) -> np.ndarray:
+    """sum_k amplitudes[k] exp(-precision/2 |v - means[k]|^2) at every grid point v.
+
+    Parameters
+    ----------
+    grid : Grid
+    means : (K, d) array in Å, `(x, y, z)` order, d = grid.ndim.
+    amplitudes : (K,) array.
+    precision : float
+        Inverse variance in 1/Å^2.
+    cutoff_sigmas : float
+        Components are evaluated only within this many standard deviations (thesis 3.5.1).
+
+    Returns
+    -------
+    Array of `grid.shape` and `dtype`.
+    """
+    shape3, origin3, means3 = as_3d(grid, means)
+    amplitudes = np.ascontiguousarray(amplitudes, dtype=np.float64).reshape(-1)
+    if amplitudes.shape[0] != means3.shape[0]:
+        raise ValueError(f"{amplitudes.shape[0]} amplitudes for {means3.shape[0]} means")
+    out = np.zeros(shape3, dtype=dtype)
+    evaluate_kernel(means3, amplitudes, float(precision), origin3, grid.spacing_in_angstroms,
+                    float(cutoff_sigmas), out)
+    return out.reshape(grid.shape)
+
+
+@dataclass(frozen=True)
+class BinnedStatistics:
+    """Sufficient statistics of the assignments of binned counts to K components.
+
+    n_k : (K,) counts assigned to each component (real-valued for EM);
+    offset_sum : (K, d) sum of n (v - mu_k); offset_square_sum : (K,) sum of n |v - mu_k|^2,
+    both relative to the means the assignments were made with;
+    log_likelihood : sum_j y_j log h(v_j) for those means; n_unassigned : counts lost to the cut-off.
+    """
+
+    n_k: np.ndarray
+    offset_sum: np.ndarray
+    offset_square_sum: np.ndarray
+    log_likelihood: float
+    n_unassigned: int
+
+
+def binned_statistics(
+    counts: np.ndarray,
+    grid: Grid,
+    means: np.ndarray,
+    amplitudes: np.ndarray,
+    precision: float,
+    rng: np.random.Generator | None,
+    cutoff_sigmas: float = 5.0,
+) -> BinnedStatistics:
+    """Assign the counts of `grid` to components: sampled (Gibbs, Eqn. 2.58) if `rng` is given,
+    soft (EM, Eqn. 2.55) if `rng` is None. See `binned_statistics_kernel`."""
+    if counts.shape != grid.shape:
+        raise ValueError(f"counts of shape {counts.shape} on a grid of shape {grid.shape}")
+    shape3, origin3, means3 = as_3d(grid, means)
+    counts3 = np.ascontiguousarray(counts.reshape(shape3), dtype=np.int32)
+    sample = rng is not None
+    generator = rng if sample else np.random.default_rng(0)  # unused when not sampling
+    n_k, s_k, q_k, loglik, lost = binned_statistics_kernel(
+        counts3, means3, np.ascontiguousarray(amplitudes, dtype=np.float64), float(precision),
+        origin3, grid.spacing_in_angstroms, float(cutoff_sigmas), generator, sample)
+    return BinnedStatistics(n_k, s_k[:, : grid.ndim].copy(), q_k, float(loglik), int(lost))

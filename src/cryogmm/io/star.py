@@ -1,0 +1,339 @@
+"""RELION particle STAR files (via `starfile`): tables, image names, image loading and poses.
+
+Written files use the RELION 3.1 layout: a `data_optics` block with one optics group and a
+`data_particles` block whose rows carry `rlnOpticsGroup`. Reading also accepts the older
+single-block files, where the optics columns (voltage, magnification, ...) sit in every row.
+
+Poses (CONVENTIONS.md): `rlnAngleRot, rlnAngleTilt, rlnAnglePsi` (degrees, ZYZ) give the matrix
+A of `cryogmm.geometry.so3`; `rlnOriginXAngst, rlnOriginYAngst` (Å) is the shift that centres the
+particle, so a particle whose centre sits at `+t` in the image has origin `-t`. Here `shifts`
+always means `t`, the particle centre position relative to the box centre, in Å.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryogmm.errors import InputError
+from cryogmm.geometry.so3 import euler_to_matrix, matrix_to_euler
+from cryogmm.io.mrc import _check_finite, _decimal, _open_mrc, atomic_output
+
+logger = logging.getLogger(__name__)
+
+# header pixel sizes that tools write when they do not know the real one (cryoDRGN, EMAN, ...)
+PLACEHOLDER_HEADER_PIXEL_SIZES = (0.0, 1.0)
+PIXEL_SIZE_TOLERANCE = 0.01  # relative disagreement between STAR and MRC header that is refused
+
+_OPTICS_NAMES = {
+    "group": "rlnOpticsGroup",
+    "name": "rlnOpticsGroupName",
+    "pixel_size_in_angstroms": "rlnImagePixelSize",
+    "image_size": "rlnImageSize",
+    "dimensionality": "rlnImageDimensionality",
+    "voltage_in_kv": "rlnVoltage",
+    "spherical_aberration_in_mm": "rlnSphericalAberration",
+    "amplitude_contrast": "rlnAmplitudeContrast",
+}
+_REQUIRED_OPTICS = ("rlnImagePixelSize", "rlnImageSize", "rlnVoltage", "rlnSphericalAberration",
+                    "rlnAmplitudeContrast")
+_ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+
+@dataclass(frozen=True, eq=False)
+class ParticleTable:
+    """Particles read from a STAR file.
+
+    Parameters
+    ----------
+    particles : DataFrame
+        One row per particle, in file order, with the optics columns of its group merged in.
+    optics : DataFrame or None
+        The `data_optics` block (None for older single-block files).
+    pixel_size_in_angstroms : float or None
+        The pixel size shared by all particles (None when absent or when groups differ).
+    path : Path
+        The STAR file; relative image paths are resolved against its folder.
+    """
+
+    particles: pd.DataFrame
+    optics: pd.DataFrame | None
+    pixel_size_in_angstroms: float | None
+    path: Path
+
+
+def split_image_name(name: str) -> tuple[int, str]:
+    """`"000001@stack.mrcs"` -> `(0, "stack.mrcs")`: 0-based index and stack path.
+
+    A name without `@` is a single-image file (index 0).
+    """
+    name = str(name).strip()
+    index, sep, stack = name.partition("@")
+    if not sep:
+        return 0, name
+    if not index.strip().isdigit() or int(index) < 1 or not stack:
+        raise ValueError(f"image name {name!r} is not of the form N@stack with N >= 1")
+    return int(index) - 1, stack
+
+
+def format_image_name(index0: int, stack_name: str) -> str:
+    """`(0, "stack.mrcs")` -> `"000001@stack.mrcs"` (1-based, 6 digits)."""
+    return f"{int(index0) + 1:06d}@{stack_name}"
+
+
+def _pixel_sizes(df: pd.DataFrame) -> np.ndarray | None:
+    """Distinct pixel sizes in Å of the rows, or None if the table has none."""
+    if "rlnImagePixelSize" in df.columns:
+        values = df["rlnImagePixelSize"].to_numpy(dtype=np.float64)
+    elif "rlnPixelSize" in df.columns:
+        values = df["rlnPixelSize"].to_numpy(dtype=np.float64)
+    elif "rlnDetectorPixelSize" in df.columns and "rlnMagnification" in df.columns:
+        # detector pixel in µm, magnification dimensionless: Å per pixel = µm * 1e4 / mag
+        values = (df["rlnDetectorPixelSize"].to_numpy(dtype=np.float64) * 1e4
+                  / df["rlnMagnification"].to_numpy(dtype=np.float64))
+    else:
+        return None
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0:
+        return None
+    _, first = np.unique(np.round(values, 6), return_index=True)
+    return values[np.sort(first)]
+
+
+def read_particles(path: str | os.PathLike) -> ParticleTable:
+    """Read a RELION 3.1+ particle file or an older single-block one.
+
+    Pixel size comes from `rlnImagePixelSize`, else `rlnPixelSize`, else
+    `rlnDetectorPixelSize * 1e4 / rlnMagnification`.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, no particle block, no `rlnImageName` column, or particles
+        whose optics group is not in the optics block.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found; check the path")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable STAR file ({exc}); check the file") from exc
+    frames = {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
+    particles = frames.get("particles")
+    if particles is None:
+        others = [block for name, block in frames.items() if name != "optics"]
+        with_names = [block for block in others if "rlnImageName" in block.columns]
+        particles = with_names[0] if with_names else (others[0] if len(others) == 1 else None)
+    if particles is None or len(particles) == 0:
+        raise InputError(f"{path}: no particle table (a data_particles block or one loop of particles); "
+                         "check that this is a RELION particle STAR file")
+    if "rlnImageName" not in particles.columns:
+        raise InputError(f"{path}: the particle table has no rlnImageName column; "
+                         "pass a STAR file of extracted particles")
+    optics = frames.get("optics")
+    if optics is not None:
+        particles = _merge_optics(particles, optics, path)
+    sizes = _pixel_sizes(particles)
+    pixel_size = float(sizes[0]) if sizes is not None and sizes.size == 1 else None
+    if sizes is not None and sizes.size > 1:
+        logger.warning("%s: particles have %d different pixel sizes", path, sizes.size)
+    return ParticleTable(particles.reset_index(drop=True), optics, pixel_size, path)
+
+
+def _merge_optics(particles: pd.DataFrame, optics: pd.DataFrame, path: Path) -> pd.DataFrame:
+    if "rlnOpticsGroup" not in optics.columns:
+        raise InputError(f"{path}: the data_optics block has no rlnOpticsGroup column; fix the file")
+    if "rlnOpticsGroup" not in particles.columns:
+        if len(optics) != 1:
+            raise InputError(f"{path}: particles have no rlnOpticsGroup but there are {len(optics)} "
+                             "optics groups; add the rlnOpticsGroup column")
+        particles = particles.assign(rlnOpticsGroup=optics["rlnOpticsGroup"].iloc[0])
+    unknown = set(particles["rlnOpticsGroup"].tolist()) - set(optics["rlnOpticsGroup"].tolist())
+    if unknown:
+        raise InputError(f"{path}: particles use optics groups {sorted(unknown)} that are not in "
+                         "data_optics; fix the file")
+    columns = ["rlnOpticsGroup"] + [c for c in optics.columns if c not in particles.columns]
+    return particles.merge(optics[columns].drop_duplicates("rlnOpticsGroup"), on="rlnOpticsGroup",
+                           how="left", sort=False)
+
+
+def write_particles(path: str | os.PathLike, particles: pd.DataFrame, optics: dict) -> None:
+    """Write a RELION 3.1 particle file with one optics group (atomically).
+
+    Parameters
+    ----------
+    path : output `.star` path
+    particles : DataFrame
+        One row per particle with `rlnImageName` and any other RELION columns. Columns that
+        belong to the optics block are moved there; `rlnOpticsGroup` is set to the group.
+    optics : dict
+        `pixel_size_in_angstroms`, `image_size` (pixels), `voltage_in_kv`,
+        `spherical_aberration_in_mm`, `amplitude_contrast`, optional `name`,
+        `dimensionality` (default 2) and `group` (default 1); RELION names
+        (`rlnImagePixelSize`, ...) are accepted too.
+    """
+    row = {"rlnOpticsGroup": 1, "rlnOpticsGroupName": "opticsGroup1", "rlnImageDimensionality": 2}
+    for key, value in optics.items():
+        row[_OPTICS_NAMES.get(key, key)] = value
+    missing = [name for name in _REQUIRED_OPTICS if name not in row]
+    if missing:
+        raise ValueError(f"optics lacks {', '.join(missing)}")
+    keys = [k for k in _OPTICS_NAMES.values() if k in row] + [k for k in row if k not in _OPTICS_NAMES.values()]
+    optics_frame = pd.DataFrame([{k: row[k] for k in keys}])
+    if "rlnImageName" not in particles.columns:
+        raise ValueError("particles need an rlnImageName column")
+    table = particles.drop(columns=[c for c in optics_frame.columns if c in particles.columns])
+    table = table.assign(rlnOpticsGroup=row["rlnOpticsGroup"])
+    with atomic_output(path) as tmp:
+        starfile.write({"optics": optics_frame, "particles": table}, tmp)
+
+
+def resolve_image_path(name: str, star_path: str | os.PathLike,
+                       data_dir: str | os.PathLike | None = None) -> Path:
+    """Find the stack file `name` referenced by a STAR file.
+
+    `data_dir` overrides everything (tried as `data_dir/name`, then `data_dir/basename`);
+    otherwise a relative `name` is looked up in the STAR file's folder, then the current folder.
+    """
+    name_path = Path(name)
+    if data_dir is not None:
+        candidates = [Path(data_dir) / name_path, Path(data_dir) / name_path.name]
+    elif name_path.is_absolute():
+        candidates = [name_path]
+    else:
+        candidates = [Path(star_path).parent / name_path, Path.cwd() / name_path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(dict.fromkeys(str(c) for c in candidates))
+    raise InputError(f"{star_path}: image stack {name} not found (tried {tried}); "
+                     "pass --data-dir with the folder that holds the stacks")
+
+
+def load_images(table: ParticleTable, data_dir: str | os.PathLike | None = None, *,
+                pixel_size_in_angstroms: float | None = None) -> tuple[np.ndarray, float]:
+    """Read every particle image, in table order.
+
+    Each stack is opened once (memory-mapped). The pixel size is `pixel_size_in_angstroms`
+    if given, else the STAR file's, else the MRC header's. A STAR and a header pixel size that
+    differ by more than 1% are refused, unless the header holds a placeholder (0 or 1.0 Å).
+
+    Returns
+    -------
+    images : (n, ny, nx) float32
+    pixel_size_in_angstroms : float
+    """
+    path = table.path
+    try:
+        parsed = [split_image_name(name) for name in table.particles["rlnImageName"].astype(str)]
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}; fix rlnImageName") from exc
+    rows_by_stack: dict[str, list[int]] = {}
+    for row, (_, stack) in enumerate(parsed):
+        rows_by_stack.setdefault(stack, []).append(row)
+    images = None
+    header_sizes: dict[Path, float] = {}
+    for stack, rows in rows_by_stack.items():
+        file = resolve_image_path(stack, path, data_dir)
+        indices = np.array([parsed[r][0] for r in rows])
+        with _open_mrc(file, mmap=True) as mrc:
+            data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
+            if indices.max() >= data.shape[0]:
+                bad = format_image_name(int(indices.max()), stack)
+                raise InputError(f"{path}: image {bad} is out of range, {file} holds {data.shape[0]} "
+                                 "images; check rlnImageName")
+            if images is None:
+                images = np.empty((len(parsed),) + data.shape[1:], dtype=np.float32)
+            elif data.shape[1:] != images.shape[1:]:
+                raise InputError(f"{path}: {file} holds {data.shape[1:]} images but others are "
+                                 f"{images.shape[1:]}; use particles of one box size")
+            images[rows] = data[indices]
+            header_sizes[file] = _decimal(mrc.voxel_size.x)
+    _check_finite(images, path)
+    return images, _choose_pixel_size(table, header_sizes, pixel_size_in_angstroms)
+
+
+def _choose_pixel_size(table: ParticleTable, header_sizes: dict[Path, float],
+                       pixel_size_in_angstroms: float | None) -> float:
+    path = table.path
+    if pixel_size_in_angstroms is not None:
+        if not np.isfinite(pixel_size_in_angstroms) or pixel_size_in_angstroms <= 0:
+            raise InputError(f"--pixel-size {pixel_size_in_angstroms}: must be a positive number of Å")
+        return float(pixel_size_in_angstroms)
+    star_sizes = _pixel_sizes(table.particles)
+    if star_sizes is not None and star_sizes.size > 1:
+        raise InputError(f"{path}: particles have different pixel sizes {star_sizes.tolist()} Å; "
+                         "rescale them to one pixel size or pass --pixel-size")
+    star = float(star_sizes[0]) if star_sizes is not None else None
+    if star is not None:
+        for file, header in header_sizes.items():
+            if header not in PLACEHOLDER_HEADER_PIXEL_SIZES and abs(header - star) > PIXEL_SIZE_TOLERANCE * star:
+                raise InputError(f"{path}: pixel size {star:g} Å disagrees with {header:g} Å in the header of "
+                                 f"{file}; pass --pixel-size with the right value")
+        return star
+    known = sorted({h for h in header_sizes.values() if h > 0})
+    if len(known) != 1:
+        raise InputError(f"{path}: no pixel size in the STAR file and {known or 'none'} in the stack "
+                         "headers; pass --pixel-size")
+    return known[0]
+
+
+def poses_to_columns(matrices: np.ndarray, shifts_in_angstroms: np.ndarray | None = None) -> dict:
+    """STAR columns for poses.
+
+    Parameters
+    ----------
+    matrices : (n, 3, 3) rotation matrices A (CONVENTIONS.md)
+    shifts_in_angstroms : (n, 2), optional
+        Particle centre positions `t = (x, y)` in the image, in Å. Stored as
+        `rlnOriginXAngst, rlnOriginYAngst = -t` (RELION's origin undoes the shift).
+
+    Returns
+    -------
+    dict of column name -> (n,) array: `rlnAngleRot, rlnAngleTilt, rlnAnglePsi` in degrees and,
+    with shifts, `rlnOriginXAngst, rlnOriginYAngst` in Å.
+    """
+    rot, tilt, psi = matrix_to_euler(np.asarray(matrices, dtype=np.float64).reshape(-1, 3, 3))
+    columns = {"rlnAngleRot": rot, "rlnAngleTilt": tilt, "rlnAnglePsi": psi}
+    if shifts_in_angstroms is not None:
+        shifts = np.asarray(shifts_in_angstroms, dtype=np.float64).reshape(-1, 2)
+        columns["rlnOriginXAngst"] = -shifts[:, 0]
+        columns["rlnOriginYAngst"] = -shifts[:, 1]
+    return columns
+
+
+def columns_to_poses(df: pd.DataFrame, pixel_size_in_angstroms: float | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation matrices and particle centre shifts from STAR columns (inverse of `poses_to_columns`).
+
+    Shifts come from `rlnOriginXAngst/YAngst`, else from the pre-3.1 `rlnOriginX/Y` (pixels,
+    times `pixel_size_in_angstroms` or the table's pixel size), else they are zero.
+
+    Returns
+    -------
+    matrices : (n, 3, 3)
+    shifts_in_angstroms : (n, 2), the particle centre positions `t = -origin`
+    """
+    missing = [name for name in _ANGLES if name not in df.columns]
+    if missing:
+        raise InputError(f"the particle table has no {', '.join(missing)} column; "
+                         "use a STAR file with refined orientations")
+    matrices = euler_to_matrix(*(df[name].to_numpy(dtype=np.float64) for name in _ANGLES))
+    if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(df.columns):
+        origin = df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(dtype=np.float64)
+    elif {"rlnOriginX", "rlnOriginY"} <= set(df.columns):
+        sizes = _pixel_sizes(df) if pixel_size_in_angstroms is None else np.array([pixel_size_in_angstroms])
+        if sizes is None or sizes.size != 1:
+            raise InputError("the particle table gives origins in pixels (rlnOriginX/Y) without one pixel "
+                             "size; pass --pixel-size")
+        origin = df[["rlnOriginX", "rlnOriginY"]].to_numpy(dtype=np.float64) * float(sizes[0])
+    else:
+        return matrices.reshape(-1, 3, 3), np.zeros((len(df), 2))
+    return matrices.reshape(-1, 3, 3), -origin

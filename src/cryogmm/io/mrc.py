@@ -110,7 +110,9 @@ def _open_mrc(path: Path, mmap: bool = False):
             warnings.simplefilter("ignore")  # permissive mode reports header defects as warnings
             mrc = opener(path, mode="r", permissive=True)
     except Exception as exc:
-        raise InputError(f"{path}: not a readable MRC file ({exc}); check the file or convert it to MRC") from exc
+        reason = " ".join(str(exc).split())  # one line
+        raise InputError(f"{path}: not a readable MRC file ({reason}); "
+                         "check the file or convert it to MRC") from exc
     if mrc.data is None:
         mrc.close()
         raise InputError(f"{path}: not a readable MRC file (header or data block invalid); "

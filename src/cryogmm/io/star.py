@@ -124,7 +124,8 @@ def read_particles(path: str | os.PathLike) -> ParticleTable:
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:
-        raise InputError(f"{path}: not a readable STAR file ({exc}); check the file") from exc
+        reason = " ".join(str(exc).split())  # one line
+        raise InputError(f"{path}: not a readable STAR file ({reason}); check the file") from exc
     frames = {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
     particles = frames.get("particles")
     if particles is None:

@@ -1,0 +1,83 @@
+"""Atomic models (PDB and mmCIF, gzipped or not) via `gemmi`, as coordinate arrays."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import gemmi
+import numpy as np
+
+from cryogmm.errors import InputError
+
+
+@dataclass(frozen=True, eq=False)
+class AtomicModel:
+    """Atoms of one model.
+
+    Parameters
+    ----------
+    coordinates_in_angstroms : (N, 3) float64, `(x, y, z)` in Å
+    atomic_numbers : (N,) int (0 for unknown elements)
+    chain_ids : (N,) str, the chain of each atom
+    name : str, the structure's name (e.g. the PDB ID)
+    """
+
+    coordinates_in_angstroms: np.ndarray
+    atomic_numbers: np.ndarray
+    chain_ids: np.ndarray
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        coordinates = np.asarray(self.coordinates_in_angstroms, dtype=np.float64).reshape(-1, 3)
+        numbers = np.asarray(self.atomic_numbers, dtype=np.int64).reshape(-1)
+        chains = np.asarray(self.chain_ids, dtype=str).reshape(-1)
+        if not numbers.shape[0] == chains.shape[0] == coordinates.shape[0]:
+            raise ValueError("coordinates, atomic numbers and chain ids must have one entry per atom")
+        object.__setattr__(self, "coordinates_in_angstroms", coordinates)
+        object.__setattr__(self, "atomic_numbers", numbers)
+        object.__setattr__(self, "chain_ids", chains)
+
+    @property
+    def n_atoms(self) -> int:
+        return self.coordinates_in_angstroms.shape[0]
+
+
+def read_atoms(path: str | os.PathLike, remove_waters: bool = True,
+               remove_hydrogens: bool = False) -> AtomicModel:
+    """Read the first model of a PDB or mmCIF file (`.gz` too).
+
+    Alternative conformations are reduced to the first one so no atom is counted twice.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, or no atoms left.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found; check the path")
+    try:
+        structure = gemmi.read_structure(str(path))
+    except Exception as exc:
+        reason = " ".join(str(exc).split())  # one line
+        raise InputError(f"{path}: not a readable PDB or mmCIF file ({reason}); check the file") from exc
+    if len(structure) > 0:
+        if remove_waters:
+            structure.remove_waters()
+        if remove_hydrogens:
+            structure.remove_hydrogens()
+        structure.remove_alternative_conformations()
+    coordinates, numbers, chains = [], [], []
+    if len(structure) > 0:
+        for chain in structure[0]:
+            for residue in chain:
+                for atom in residue:
+                    coordinates.append(atom.pos.tolist())
+                    numbers.append(atom.element.atomic_number)
+                    chains.append(chain.name)
+    if not coordinates:
+        raise InputError(f"{path}: no atoms found (after removing waters={remove_waters}, "
+                         f"hydrogens={remove_hydrogens}); check that this is an atomic model")
+    return AtomicModel(np.array(coordinates), np.array(numbers), np.array(chains), structure.name)

@@ -81,7 +81,7 @@ def molmap(
 
     Returns
     -------
-    (nz, ny, nx) array in atoms' Z per Å^3; Gaussians are cut off at 5 sigma.
+    (nz, ny, nx) array, atomic number per Å^3; Gaussians are cut off at 5 sigma.
     """
     coordinates, weights = check_atoms(coordinates_in_angstroms, atomic_numbers)
     if grid.ndim != 3:

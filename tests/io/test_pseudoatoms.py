@@ -48,7 +48,7 @@ def test_pdb_columns(tmp_path):
     assert float(first[60:66]) == pytest.approx(8 * np.pi**2 / 0.5, abs=5e-3)
     remarks = "\n".join(line for line in lines if line.startswith("REMARK"))
     assert "N_COMPONENTS 3" in remarks and "PRECISION_PER_SQUARE_ANGSTROM 0.5" in remarks
-    assert f"SIGMA_ANGSTROM {float(np.sqrt(2.0))!r}" in remarks
+    assert f"SIGMA_ANGSTROM {float(mixture.sigma_in_angstroms)!r}" in remarks
 
 
 def test_large_b_factor_still_fits(tmp_path):

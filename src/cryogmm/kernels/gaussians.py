@@ -16,6 +16,9 @@ import numba
 import numpy as np
 
 _NUMBA_OPTIONS = dict(nogil=True, cache=True)
+# The uniforms of a grid point are drawn on [0, total_j (1 - 1e-12)), so that rounding differences
+# between the two sweeps that sum a_k g_jk (fused multiply-adds) cannot leave a count unassigned.
+_UNIFORM_SCALE = 1.0 - 1e-12
 
 
 @numba.njit(**_NUMBA_OPTIONS)
@@ -85,9 +88,9 @@ def binned_statistics_kernel(
 
     For every grid point j with count y_j > 0 the responsibilities are
     r_jk = a_k g_jk / sum_l a_l g_jl (Eqn. 2.55), g the truncated Gaussian. With `sample` the
-    counts are split by one multinomial draw z_j ~ Mult(y_j, r_j) (Eqn. 2.58), using y_j sorted
-    uniforms on [0, total_j) placed against the running sum over components; otherwise the
-    expected split y_j r_jk is used (the EM E-step).
+    counts are split by one multinomial draw z_j ~ Mult(y_j, r_j) (Eqn. 2.58): y_j sorted uniforms
+    on [0, total_j) are placed against the running sum of a_k g_jk over components k = 0, 1, ...;
+    otherwise the expected split y_j r_jk is used (the EM E-step).
 
     Returns
     -------
@@ -95,130 +98,171 @@ def binned_statistics_kernel(
     log_likelihood : sum_j y_j log(sum_k a_k g_jk); n_unassigned : counts with no component
     within the cut-off (they take no part in the update).
     """
-    nz, ny, nx = counts.shape
     n_components = means.shape[0]
+    rows = _occupied_rows(counts)
+    total = np.zeros(counts.shape)
+    _sweep(0, rows, total, total, total, total, total, np.empty(0), means, amplitudes, precision,
+           origin, spacing, cutoff_sigmas, np.empty(0), np.empty((0, 3)), np.empty(0))
+    flat_counts = counts.ravel()
+    flat_total = total.ravel()
+    n_total = 0
+    for j in range(flat_counts.size):
+        if flat_counts[j] > 0:
+            n_total += flat_counts[j]
+    # per grid point: the next unused uniform (value, index) and the end of its uniforms;
+    # for EM: y_j / total_j.
+    next_value = np.full(counts.shape, np.inf if sample else 0.0)
+    next_index = np.zeros(counts.shape)
+    end_index = np.zeros(counts.shape)
+    flat_value = next_value.ravel()
+    flat_index = next_index.ravel()
+    flat_end = end_index.ravel()
+    uniforms = np.empty(n_total if sample else 0)
+    log_likelihood = 0.0
+    n_unassigned = 0
+    position = 0
+    for j in range(flat_counts.size):
+        y = flat_counts[j]
+        if y <= 0:
+            continue
+        t = flat_total[j]
+        if t <= 0.0:
+            n_unassigned += y
+            continue
+        log_likelihood += y * math.log(t)
+        if sample:
+            # order statistics of y uniforms: normalised partial sums of y + 1 exponentials
+            acc = 0.0
+            for l in range(y):
+                acc += rng.standard_exponential()
+                uniforms[position + l] = acc
+            acc += rng.standard_exponential()
+            for l in range(y):
+                uniforms[position + l] *= t * _UNIFORM_SCALE / acc
+            flat_value[j] = uniforms[position]
+            flat_index[j] = position
+            flat_end[j] = position + y
+            position += y
+        else:
+            flat_value[j] = y / t
+    n_k = np.zeros(n_components)
+    s_k = np.zeros((n_components, 3))
+    q_k = np.zeros(n_components)
+    cumulative = np.zeros(counts.shape)
+    _sweep(1 if sample else 2, rows, total, cumulative, next_value, next_index, end_index, uniforms,
+           means, amplitudes, precision, origin, spacing, cutoff_sigmas, n_k, s_k, q_k)
+    if sample:
+        # counts left past the last component's running sum (rounding; should not happen)
+        for j in range(flat_counts.size):
+            if flat_value[j] < np.inf and flat_total[j] > 0.0:
+                n_unassigned += int(flat_end[j] - flat_index[j])
+    return n_k, s_k, q_k, log_likelihood, n_unassigned
+
+
+@numba.njit(**_NUMBA_OPTIONS)
+def _occupied_rows(counts):
+    """(nz, ny, 2) first and last x index with a positive count in each row (first > last if none)."""
+    nz, ny, nx = counts.shape
+    rows = np.empty((nz, ny, 2), dtype=np.int64)
+    for iz in range(nz):
+        for iy in range(ny):
+            first = nx
+            last = -1
+            for ix in range(nx):
+                if counts[iz, iy, ix] > 0:
+                    if first == nx:
+                        first = ix
+                    last = ix
+            rows[iz, iy, 0] = first
+            rows[iz, iy, 1] = last
+    return rows
+
+
+@numba.njit(fastmath=True, **_NUMBA_OPTIONS)
+def _sweep(mode, rows, total, cumulative, next_value, next_index, end_index, uniforms, means, amplitudes,
+           precision, origin, spacing, cutoff_sigmas, n_k, s_k, q_k):
+    """Visit every (component, grid point within the cut-off) pair once, in component order.
+
+    mode 0: total += a_k g_jk.  mode 1: sample assignments against the sorted uniforms.
+    mode 2: soft assignments with next_value holding y_j / total_j.
+    Only the span of each grid row between its first and last occupied point is visited
+    (`rows[iz, iy] = (first, last)`, first > last for an empty row).
+    """
+    nz, ny, nx = total.shape
     radius = cutoff_sigmas / math.sqrt(precision)
     r2 = radius * radius
     n_max = int(2 * radius / spacing) + 3
     ex = np.empty(n_max)
     ey = np.empty(n_max)
     ez = np.empty(n_max)
-    total = np.zeros(counts.shape)
-    n_k = np.zeros(n_components)
-    s_k = np.zeros((n_components, 3))
-    q_k = np.zeros(n_components)
-
-    # Pass 1 (mode 0): mixture density at occupied grid points.
-    # Pass 2 (mode 1): split the counts between components in the same component order.
-    cumulative = np.zeros(counts.shape)
-    next_uniform = np.zeros(counts.shape, dtype=np.int64)
-    remaining = counts.astype(np.int64)
-    uniforms = np.empty(0)
-    log_likelihood = 0.0
-    n_unassigned = 0
-    for mode in range(2):
-        if mode == 1:
-            flat_counts = counts.ravel()
-            flat_total = total.ravel()
-            flat_next = next_uniform.ravel()
-            n_total = 0
-            for j in range(flat_counts.size):
-                if flat_counts[j] > 0:
-                    n_total += flat_counts[j]
-            if sample:
-                uniforms = np.empty(n_total)
-            position = 0
-            for j in range(flat_counts.size):
-                y = flat_counts[j]
-                if y <= 0:
+    for k in range(means.shape[0]):
+        mx, my, mz = means[k, 0], means[k, 1], means[k, 2]
+        xlo, xhi = _axis_range(mx, radius, origin[0], spacing, nx)
+        ylo, yhi = _axis_range(my, radius, origin[1], spacing, ny)
+        zlo, zhi = _axis_range(mz, radius, origin[2], spacing, nz)
+        if xlo > xhi or ylo > yhi or zlo > zhi:
+            continue
+        _axis_factors(mx, precision, origin[0], spacing, xlo, xhi, ex)
+        _axis_factors(my, precision, origin[1], spacing, ylo, yhi, ey)
+        _axis_factors(mz, precision, origin[2], spacing, zlo, zhi, ez)
+        nk = 0.0
+        sx = 0.0
+        sy = 0.0
+        sz = 0.0
+        qk = 0.0
+        for iz in range(zlo, zhi + 1):
+            dz = origin[2] + iz * spacing - mz
+            fz = amplitudes[k] * ez[iz - zlo]
+            for iy in range(ylo, yhi + 1):
+                dy = origin[1] + iy * spacing - my
+                rest = r2 - dz * dz - dy * dy
+                if rest < 0.0:
                     continue
-                t = flat_total[j]
-                if t <= 0.0:
-                    n_unassigned += y
-                    continue
-                log_likelihood += y * math.log(t)
-                if sample:
-                    # Order statistics of y uniforms: normalised partial sums of y + 1 exponentials.
-                    acc = 0.0
-                    for l in range(y):
-                        acc += rng.standard_exponential()
-                        uniforms[position + l] = acc
-                    acc += rng.standard_exponential()
-                    for l in range(y):
-                        uniforms[position + l] *= t / acc
-                    flat_next[j] = position
-                    position += y
-        for k in range(n_components):
-            mx, my, mz = means[k, 0], means[k, 1], means[k, 2]
-            xlo, xhi = _axis_range(mx, radius, origin[0], spacing, nx)
-            ylo, yhi = _axis_range(my, radius, origin[1], spacing, ny)
-            zlo, zhi = _axis_range(mz, radius, origin[2], spacing, nz)
-            if xlo > xhi or ylo > yhi or zlo > zhi:
-                continue
-            _axis_factors(mx, precision, origin[0], spacing, xlo, xhi, ex)
-            _axis_factors(my, precision, origin[1], spacing, ylo, yhi, ey)
-            _axis_factors(mz, precision, origin[2], spacing, zlo, zhi, ez)
-            nk = 0.0
-            sx = 0.0
-            sy = 0.0
-            sz = 0.0
-            qk = 0.0
-            for iz in range(zlo, zhi + 1):
-                dz = origin[2] + iz * spacing - mz
-                fz = amplitudes[k] * ez[iz - zlo]
-                for iy in range(ylo, yhi + 1):
-                    dy = origin[1] + iy * spacing - my
-                    rest = r2 - dz * dz - dy * dy
-                    if rest < 0.0:
-                        continue
-                    half = math.sqrt(rest)
-                    x0, x1 = _axis_range(mx, half, origin[0], spacing, nx)
-                    fzy = fz * ey[iy - ylo]
+                half = math.sqrt(rest)
+                x0, x1 = _axis_range(mx, half, origin[0], spacing, nx)
+                x0 = max(x0, rows[iz, iy, 0])
+                x1 = min(x1, rows[iz, iy, 1])
+                fzy = fz * ey[iy - ylo]
+                if mode == 0:
+                    row = total[iz, iy]
                     for ix in range(x0, x1 + 1):
-                        y = counts[iz, iy, ix]
-                        if y <= 0:
-                            continue
-                        g = fzy * ex[ix - xlo]
-                        if mode == 0:
-                            total[iz, iy, ix] += g
-                            continue
-                        if sample:
-                            c = cumulative[iz, iy, ix] + g
-                            cumulative[iz, iy, ix] = c
-                            p = next_uniform[iz, iy, ix]
-                            left = remaining[iz, iy, ix]
-                            n = 0
-                            while left > 0 and uniforms[p] < c:
-                                n += 1
-                                p += 1
-                                left -= 1
-                            if n == 0:
-                                continue
-                            next_uniform[iz, iy, ix] = p
-                            remaining[iz, iy, ix] = left
-                            w = float(n)
-                        else:
-                            t = total[iz, iy, ix]
-                            if t <= 0.0:
-                                continue
-                            w = y * g / t
+                        row[ix] += fzy * ex[ix - xlo]
+                    continue
+                dyz2 = dy * dy + dz * dz
+                values = next_value[iz, iy]
+                if mode == 2:
+                    for ix in range(x0, x1 + 1):
+                        w = fzy * ex[ix - xlo] * values[ix]
                         dx = origin[0] + ix * spacing - mx
                         nk += w
                         sx += w * dx
                         sy += w * dy
                         sz += w * dz
-                        qk += w * (dx * dx + dy * dy + dz * dz)
-            if mode == 1:
-                n_k[k] = nk
-                s_k[k, 0] = sx
-                s_k[k, 1] = sy
-                s_k[k, 2] = sz
-                q_k[k] = qk
-    if sample:
-        # Rounding can leave a count past the last component's running sum: count it as lost.
-        flat_remaining = remaining.ravel()
-        flat_total = total.ravel()
-        for j in range(flat_remaining.size):
-            if flat_remaining[j] > 0 and flat_total[j] > 0.0:
-                n_unassigned += flat_remaining[j]
-    return n_k, s_k, q_k, log_likelihood, n_unassigned
+                        qk += w * (dx * dx + dyz2)
+                    continue
+                cum = cumulative[iz, iy]
+                for ix in range(x0, x1 + 1):
+                    c = cum[ix] + fzy * ex[ix - xlo]
+                    cum[ix] = c
+                    if values[ix] < c:  # this component takes one or more of the point's counts
+                        p = int(next_index[iz, iy, ix])
+                        end = int(end_index[iz, iy, ix])
+                        n = 0
+                        while p < end and uniforms[p] < c:
+                            n += 1
+                            p += 1
+                        next_index[iz, iy, ix] = p
+                        values[ix] = uniforms[p] if p < end else np.inf
+                        w = float(n)
+                        dx = origin[0] + ix * spacing - mx
+                        nk += w
+                        sx += w * dx
+                        sy += w * dy
+                        sz += w * dz
+                        qk += w * (dx * dx + dyz2)
+        if mode != 0:
+            n_k[k] = nk
+            s_k[k, 0] = sx
+            s_k[k, 1] = sy
+            s_k[k, 2] = sz
+            q_k[k] = qk

@@ -36,7 +36,7 @@ def non_negative_part(values: np.ndarray) -> NonNegativePart:
     values = np.asarray(values, dtype=np.float64)
     negative = values < 0
     total = float(np.abs(values).sum())
-    removed = float(-values[negative].sum())
+    removed = float(np.abs(values[negative]).sum())
     return NonNegativePart(np.where(negative, 0.0, values), int(negative.sum()),
                            removed / total if total > 0 else 0.0)
 

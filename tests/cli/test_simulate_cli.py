@@ -196,3 +196,21 @@ def test_simulate_map_of_groel(shared_data, tmp_path):
     assert density.sum() * 3.0**3 == pytest.approx(model.atomic_numbers.sum(), rel=1e-3)
     center = model_center(model.coordinates_in_angstroms, model.atomic_numbers)
     np.testing.assert_allclose(density.ravel() @ result.grid.points() / density.sum(), center, atol=0.01)
+
+
+def test_simulate_images_with_given_poses_reproduces_a_random_run(model_path, tmp_path):
+    first, second = tmp_path / "random", tmp_path / "given"
+    assert _simulate_images(model_path, first, "--number", "4", "--max-shift", "6", "--seed", "5") == 0
+    assert _simulate_images(model_path, second, "--poses", str(first / "particles.star")) == 0
+    a, b = read_stack(first / "images.mrcs").data, read_stack(second / "images.mrcs").data
+    assert a.shape == b.shape == (4, 40, 40)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * a.max())
+
+
+def test_simulate_images_refuses_poses_without_angles(model_path, tmp_path, capsys):
+    star = tmp_path / "no_angles.star"
+    star.write_text("data_particles\n\nloop_\n_rlnImageName #1\n000001@x.mrcs\n")
+    code = _simulate_images(model_path, tmp_path / "out", "--poses", str(star))
+    assert code == 2
+    assert "rlnAngleRot" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

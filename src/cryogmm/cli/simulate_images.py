@@ -4,7 +4,8 @@ Each image is the exact projection of the molmap density of the model (atoms as 
 sigma = resolution / (pi sqrt 2), weighted by atomic number) in a uniformly random orientation,
 shifted uniformly within a disc of radius --max-shift, plus optional white Gaussian noise at
 signal-to-noise ratio --snr (variance of each clean image over variance of its noise). No CTF is
-applied. The particle centre is the model's Z-weighted centroid.
+applied. The particle centre is the model's Z-weighted centroid. With --poses STAR the
+orientations and shifts are taken from a RELION STAR file instead (its rows set --number).
 
 Writes into the output folder:
   images.mrcs        the images (noisy when --snr is given)
@@ -55,6 +56,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="signal-to-noise ratio (variance ratio); default: no noise")
     parser.add_argument("--max-shift", type=float, default=0.0,
                         help="largest in-plane shift of the particle centre in Å (default 0)")
+    parser.add_argument("--poses", type=Path, default=None,
+                        help="STAR file with rlnAngleRot/Tilt/Psi (and optional rlnOriginX/YAngst) to use "
+                             "instead of random poses; its number of rows sets --number")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed (default: a fresh one, recorded in settings.json)")
     parser.add_argument("--output", "-o", type=Path, required=True, help="output folder")
@@ -92,6 +96,7 @@ def main(args: argparse.Namespace) -> int:
         _check_args(args)
         run = RunFolder(args.output, args.force)  # refuses an existing folder without --force
         model = read_atoms(args.model)
+        given_poses = _read_poses(args) if args.poses is not None else None
         reference_resolution = args.reference_resolution or args.resolution
         seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
         with run as folder:
@@ -103,8 +108,12 @@ def main(args: argparse.Namespace) -> int:
             _warn_if_outside(coordinates, args, max(args.resolution, reference_resolution))
             # independent streams, so poses do not change with the noise level
             pose_seed, shift_seed, noise_seed = np.random.SeedSequence(seed).spawn(3)
-            rotations = random_rotations(np.random.default_rng(pose_seed), args.number)
-            shifts = random_shifts(np.random.default_rng(shift_seed), args.number, args.max_shift)
+            if given_poses is not None:
+                rotations, shifts = given_poses
+                log.info("poses from %s", args.poses)
+            else:
+                rotations = random_rotations(np.random.default_rng(pose_seed), args.number)
+                shifts = random_shifts(np.random.default_rng(shift_seed), args.number, args.max_shift)
             log.info("projecting %d images of %d px at %g Å/px, %g Å resolution", args.number,
                      args.box, args.pixel_size, args.resolution)
             images = project_atoms(coordinates, model.atomic_numbers, rotations, shifts,
@@ -144,6 +153,21 @@ def main(args: argparse.Namespace) -> int:
     finally:
         close_logging()
     return 0
+
+
+def _read_poses(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """Rotations and shifts from --poses; sets args.number to the number of rows."""
+    from cryogmm.io.star import columns_to_poses, read_particles
+
+    table = read_particles(args.poses)
+    missing = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if c not in table.particles.columns]
+    if missing:
+        raise InputError(f"--poses {args.poses}: no {', '.join(missing)} column; give a STAR file with poses")
+    rotations, shifts = columns_to_poses(table.particles, table.pixel_size_in_angstroms)
+    if not (np.all(np.isfinite(rotations)) and np.all(np.isfinite(shifts))):
+        raise InputError(f"--poses {args.poses}: angles or origins are not finite numbers")
+    args.number = rotations.shape[0]
+    return rotations, shifts
 
 
 def _warn_if_outside(coordinates: np.ndarray, args: argparse.Namespace, resolution: float) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from cryogmm.grid import Grid
 from cryogmm.kernels.gaussians import binned_statistics_kernel, evaluate_kernel
 
-__all__ = ["BinnedStatistics", "binned_statistics", "evaluate_gaussians", "as_3d"]
+__all__ = ["BinnedStatistics", "BinnedWorkspace", "binned_statistics", "evaluate_gaussians", "as_3d"]
 
 
 def as_3d(grid: Grid, means: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
@@ -79,6 +79,18 @@ class BinnedStatistics:
     n_unassigned: int
 
 
+class BinnedWorkspace:
+    """Scratch memory for `binned_statistics` on one data set: five grids and one uniform per
+    count. Holding one per sampler avoids allocating (and page-faulting) them at every step.
+    It carries no state between calls."""
+
+    def __init__(self, counts: np.ndarray):
+        shape3 = (1,) * (3 - counts.ndim) + counts.shape
+        self.shape = counts.shape
+        self.work = np.empty((5,) + shape3)
+        self.uniforms = np.empty(int(counts.sum(dtype=np.int64)))
+
+
 def binned_statistics(
     counts: np.ndarray,
     grid: Grid,
@@ -87,13 +99,17 @@ def binned_statistics(
     precision: float,
     rng: np.random.Generator | None,
     cutoff_sigmas: float = 5.0,
+    workspace: BinnedWorkspace | None = None,
 ) -> BinnedStatistics:
     """Assign the counts of `grid` to components: sampled (Gibbs, Eqn. 2.58) if `rng` is given,
-    soft (EM, Eqn. 2.55) if `rng` is None. See `binned_statistics_kernel`."""
+    soft (EM, Eqn. 2.55) if `rng` is None. See `binned_statistics_kernel`. Pass a
+    `BinnedWorkspace(counts)` to reuse scratch memory across calls with the same counts."""
     if counts.shape != grid.shape:
         raise ValueError(f"counts of shape {counts.shape} on a grid of shape {grid.shape}")
     shape3, origin3, means3 = as_3d(grid, means)
     counts3 = np.ascontiguousarray(counts.reshape(shape3), dtype=np.int32)
+    if workspace is None or workspace.shape != counts.shape or workspace.uniforms.size < counts3.sum(dtype=np.int64):
+        workspace = BinnedWorkspace(counts3)
     sample = rng is not None
     generator = rng if sample else np.random.default_rng(0)  # unused when not sampling
     # Visit components in a spatial order (cells of one cut-off radius) so that consecutive
@@ -103,7 +119,8 @@ def binned_statistics(
     order = np.lexsort((c[:, 0], c[:, 1], c[:, 2]))
     n_k, s_k, q_k, loglik, lost = binned_statistics_kernel(
         counts3, means3[order], np.ascontiguousarray(np.asarray(amplitudes, dtype=np.float64)[order]),
-        float(precision), origin3, grid.spacing_in_angstroms, float(cutoff_sigmas), generator, sample)
+        float(precision), origin3, grid.spacing_in_angstroms, float(cutoff_sigmas), generator, sample,
+        workspace.work, workspace.uniforms)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
     return BinnedStatistics(n_k[inverse], s_k[inverse, : grid.ndim], q_k[inverse], float(loglik), int(lost))

@@ -82,7 +82,7 @@ def evaluate_kernel(means, amplitudes, precision, origin, spacing, cutoff_sigmas
 
 @numba.njit(**_NUMBA_OPTIONS)
 def binned_statistics_kernel(
-    counts, means, amplitudes, precision, origin, spacing, cutoff_sigmas, rng, sample
+    counts, means, amplitudes, precision, origin, spacing, cutoff_sigmas, rng, sample, work, uniforms
 ):
     """Assignments of binned counts to components and their sufficient statistics.
 
@@ -92,6 +92,9 @@ def binned_statistics_kernel(
     on [0, total_j) are placed against the running sum of a_k g_jk over components k = 0, 1, ...;
     otherwise the expected split y_j r_jk is used (the EM E-step).
 
+    `work` is scratch memory of shape (5, nz, ny, nx) and `uniforms` scratch of at least
+    sum(counts) elements (when sampling); reusing them between calls saves allocating ~5 grids.
+
     Returns
     -------
     n_k : (K,) assigned counts; s_k : (K, 3) sum of n (v - mu_k); q_k : (K,) sum of n |v - mu_k|^2;
@@ -100,7 +103,8 @@ def binned_statistics_kernel(
     """
     n_components = means.shape[0]
     rows = _occupied_rows(counts)
-    total = np.zeros(counts.shape)
+    total = work[0]
+    total[...] = 0.0
     _sweep(0, rows, total, total, total, total, total, np.empty(0), means, amplitudes, precision,
            origin, spacing, cutoff_sigmas, np.empty(0), np.empty((0, 3)), np.empty(0))
     flat_counts = counts.ravel()
@@ -111,13 +115,15 @@ def binned_statistics_kernel(
             n_total += flat_counts[j]
     # per grid point: the next unused uniform (value, index) and the end of its uniforms;
     # for EM: y_j / total_j.
-    next_value = np.full(counts.shape, np.inf if sample else 0.0)
-    next_index = np.zeros(counts.shape)
-    end_index = np.zeros(counts.shape)
+    next_value = work[1]
+    next_value[...] = np.inf if sample else 0.0
+    next_index = work[2]
+    end_index = work[3]
     flat_value = next_value.ravel()
     flat_index = next_index.ravel()
     flat_end = end_index.ravel()
-    uniforms = np.empty(n_total if sample else 0)
+    if sample and uniforms.size < n_total:
+        raise ValueError("the uniforms buffer is smaller than the number of counts")
     log_likelihood = 0.0
     n_unassigned = 0
     position = 0
@@ -148,7 +154,8 @@ def binned_statistics_kernel(
     n_k = np.zeros(n_components)
     s_k = np.zeros((n_components, 3))
     q_k = np.zeros(n_components)
-    cumulative = np.zeros(counts.shape)
+    cumulative = work[4]
+    cumulative[...] = 0.0
     _sweep(1 if sample else 2, rows, total, cumulative, next_value, next_index, end_index, uniforms,
            means, amplitudes, precision, origin, spacing, cutoff_sigmas, n_k, s_k, q_k)
     if sample:

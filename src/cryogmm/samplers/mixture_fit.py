@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryogmm.grid import Grid
-from cryogmm.kernels import BinnedStatistics, binned_statistics
+from cryogmm.kernels import BinnedStatistics, BinnedWorkspace, binned_statistics
 from cryogmm.mixture import (DEFAULT_CUTOFF_SIGMAS, GaussianMixture, MixturePrior, log_prior,
                              sample_from_prior)
 from cryogmm.samplers.conditionals import em_update, gibbs_update
@@ -141,6 +141,9 @@ class MixtureFitSampler:
             raise ValueError(f"the number of components must be at least 1, got {self.n_components}")
         if self.prior.center_in_angstroms.shape[0] != self.data.ndim:
             raise ValueError("the prior's centre and the data differ in dimension")
+        # scratch memory for the assignment kernel (not state: nothing survives between steps)
+        workspace = BinnedWorkspace(self.data.counts) if isinstance(self.data, GridCounts) else None
+        object.__setattr__(self, "_workspace", workspace)
 
     def init(self, rng: np.random.Generator, mixture: GaussianMixture | None = None) -> MixtureState:
         """Start from `mixture`, or from a draw from the prior (the thesis' initialisation)."""
@@ -150,7 +153,7 @@ class MixtureFitSampler:
         if isinstance(self.data, GridCounts):
             return binned_statistics(self.data.counts, self.data.grid, mixture.means_in_angstroms,
                                      mixture.amplitudes(), mixture.precision_per_square_angstrom,
-                                     rng, self.cutoff_sigmas)
+                                     rng, self.cutoff_sigmas, self._workspace)
         return point_cloud_statistics(self.data, mixture, rng)
 
     def log_posterior(self, state: MixtureState) -> float:

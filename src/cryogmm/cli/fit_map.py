@@ -5,6 +5,9 @@ sharing one width, by Gibbs sampling (default) or EM. Negative voxel values cann
 they are set to zero before fitting (the log and summary.json say how much that removed), and
 the cross-correlation is reported against the map as given and against its non-negative part.
 
+--threshold raises that level to zero weak positive values too (e.g. solvent noise below the
+author's contour level).
+
 Outputs in DIR: pseudoatoms.pdb and pseudoatoms.cif (last sample; open them over the map in
 ChimeraX), fitted_map.mrc (posterior mean of the mixture on the input grid, scaled to the input's
 total), summary.json, trace.png (log-posterior and sigma per step), settings.json, run.log.
@@ -37,6 +40,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burn-in", type=int, default=None, help="steps before samples enter the posterior mean (default: 2/3 of --steps)")
     parser.add_argument("--thin", type=int, default=10, help="keep every N-th sample after burn-in (default 10)")
     parser.add_argument("--pixel-size", type=float, default=None, help="voxel size in Å (overrides the header; needed if it is 0)")
+    parser.add_argument("--threshold", type=float, default=0.0,
+                        help="set map values below this level to zero before fitting (map units; default 0, "
+                             "i.e. only negative values; e.g. the author's contour level for a noisy map)")
     parser.add_argument("--cutoff-sigmas", type=float, default=5.0, help="evaluate components within this many sigma (default 5)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded)")
     parser.add_argument("--output", "-o", type=Path, required=True, help="output folder")
@@ -86,13 +92,22 @@ def main(args: argparse.Namespace) -> int:
             result = fit_map(volume.data, grid, args.components, rng=np.random.default_rng(seed),
                              algorithm=args.algorithm, n_counts=int(args.counts), n_steps=args.steps,
                              burn_in=args.burn_in, thin=args.thin, cutoff_sigmas=args.cutoff_sigmas,
+                             threshold=args.threshold,
                              progress=not args.quiet and sys.stderr.isatty())
+            prior = result.prior
+            log.info("discretised to %d counts (--counts %g); prior: means N(centre of mass %s Å, "
+                     "1/r with r = %.3g /Å²), precision Gamma(a = %g, b = %g Å²), weights Dirichlet(%g); "
+                     "seed %d", result.data.n_counts, args.counts, np.round(prior.center_in_angstroms, 2).tolist(),
+                     prior.mean_precision, prior.shape, prior.rate, prior.concentration, seed)
+            trace_lp, trace_sigma = result.traces["log_posterior"], result.traces["sigma_in_angstroms"]
+            for step in sorted(set(range(0, len(trace_lp), max(1, args.steps // 10))) | {len(trace_lp) - 1}):
+                log.info("step %4d: log-posterior %.6g, sigma %.3f Å", step, trace_lp[step], trace_sigma[step])
             if result.clipped.n_negative_voxels:
-                log.info("negative values: %d voxels (%.1f%% of the map's absolute mass) set to zero before "
-                         "discretising; the fit describes the non-negative part", result.clipped.n_negative_voxels,
-                         100 * result.clipped.negative_fraction_of_mass)
+                log.info("values below %g: %d voxels (%.1f%% of the map's absolute mass) set to zero before "
+                         "discretising; the fit describes what is left", args.threshold,
+                         result.clipped.n_negative_voxels, 100 * result.clipped.negative_fraction_of_mass)
             summary = summarize(result, volume.data)
-            summary.update(seed=seed, algorithm=args.algorithm, map=str(args.map),
+            summary.update(seed=seed, algorithm=args.algorithm, map=str(args.map), threshold=args.threshold,
                            voxel_size_in_angstroms=grid.spacing_in_angstroms)
             write_pseudoatoms_pdb(folder / "pseudoatoms.pdb", result.mixture)
             write_pseudoatoms_cif(folder / "pseudoatoms.cif", result.mixture)

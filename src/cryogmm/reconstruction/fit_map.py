@@ -3,7 +3,8 @@
 The map is discretised to counts (Eqn. 2.52) and fitted as binned data with the Gibbs sampler
 (or EM) of `cryogmm.samplers.mixture_fit`. Negative voxel values, common in experimental maps
 (noise, CTF-filtered background, solvent flattening), cannot be counts: they are set to zero
-before discretising, and how much of the map that removed is reported.
+before discretising, and how much of the map that removed is reported. A positive `threshold`
+also zeroes weak positive values (e.g. solvent noise below the author's contour level).
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ DEFAULT_COUNTS = 1_000_000
 
 @dataclass(frozen=True)
 class NonNegativePart:
-    """The map with negative values set to zero, and what that removed."""
+    """The map with values below the threshold (by default: negative values) set to zero, and
+    what that removed."""
 
     values: np.ndarray
     n_negative_voxels: int
-    negative_fraction_of_mass: float  # sum of |negative values| / sum of |values|
+    negative_fraction_of_mass: float  # sum of |values set to zero| / sum of |values|
 
 
-def non_negative_part(values: np.ndarray) -> NonNegativePart:
+def non_negative_part(values: np.ndarray, threshold: float = 0.0) -> NonNegativePart:
+    """Values below `threshold` (>= 0, in map units) set to zero."""
     values = np.asarray(values, dtype=np.float64)
-    negative = values < 0
+    negative = values < threshold
     total = float(np.abs(values).sum())
     removed = float(np.abs(values[negative]).sum())
     return NonNegativePart(np.where(negative, 0.0, values), int(negative.sum()),
@@ -51,7 +54,7 @@ class FitMapResult:
     n_samples_averaged: int
     traces: dict
     data: GridCounts
-    clipped: NonNegativePart
+    clipped: NonNegativePart  # the map below the threshold set to zero
     prior: object
     seconds: float
 
@@ -65,15 +68,18 @@ def fit_map(values: np.ndarray, grid: Grid, n_components: int, *, rng: np.random
             algorithm: str = "gibbs", n_counts: int = DEFAULT_COUNTS, n_steps: int = 300,
             burn_in: int | None = None, thin: int = 10, prior_overrides: dict | None = None,
             cutoff_sigmas: float = DEFAULT_CUTOFF_SIGMAS, initial: GaussianMixture | None = None,
-            progress: bool = False) -> FitMapResult:
+            threshold: float = 0.0, progress: bool = False) -> FitMapResult:
     """Fit `n_components` isotropic Gaussians to the map `values` (array of `grid.shape`).
 
     burn_in defaults to two thirds of `n_steps`; every `thin`-th later state enters the posterior
     mean (section 3.2.2). Raises InputError when the map cannot be fitted as asked.
     """
-    clipped = non_negative_part(values)
+    if not np.isfinite(threshold) or threshold < 0:
+        raise InputError(f"--threshold {threshold}: must be a non-negative number in map units")
+    clipped = non_negative_part(values, threshold)
     if not clipped.values.any():
-        raise InputError("the map has no positive values to fit; check its sign (invert it if the density is negative)")
+        raise InputError("the map has no values above the threshold to fit; check its sign (invert it if the "
+                         "density is negative) or lower --threshold")
     counts = discretise(clipped.values, n_counts)
     data = GridCounts(counts, grid)
     if n_components > data.n_counts:

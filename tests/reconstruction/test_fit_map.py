@@ -124,5 +124,9 @@ def test_a_map_without_positive_values_is_refused(make):
 
 def test_more_components_than_counts_is_refused():
     grid, _, values = _blobs()
-    with pytest.raises(InputError, match="--components 50 .* --counts"):
-        fit_map(values, grid, 50, rng=np.random.default_rng(0), n_counts=20, n_steps=2)
+    # 500 requested counts round to fewer than 500 (most voxels round to zero, Eqn. 2.52)
+    with pytest.raises(InputError, match=r"--components 500 is more than the [1-9]\d* counts.*--counts"):
+        fit_map(values, grid, 500, rng=np.random.default_rng(0), n_counts=500, n_steps=2)
+    # with (nearly) nothing left after rounding
+    with pytest.raises(InputError, match="--components"):
+        fit_map(values, grid, 1, rng=np.random.default_rng(0), n_counts=1, n_steps=2)

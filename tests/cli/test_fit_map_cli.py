@@ -173,9 +173,6 @@ def test_late_bad_input_returns_2_and_writes_nothing(map_path, tmp_path, capsys,
     assert last.startswith("cryogmm fit-map: error:") and all(name in last for name in named)
 
 
-@pytest.mark.xfail(strict=True, reason="fit-map logs the map description (an INFO line on stderr) inside the run "
-                                       "folder before fit_map validates --components against the counts and "
-                                       "--threshold, so these bad inputs print two lines on stderr, not one")
 @pytest.mark.parametrize("case", list(LATE_BAD_INPUTS))
 def test_late_bad_input_is_one_line(map_path, tmp_path, capsys, case):
     options, _ = LATE_BAD_INPUTS[case]
@@ -185,9 +182,6 @@ def test_late_bad_input_is_one_line(map_path, tmp_path, capsys, case):
     assert len(err.splitlines()) == 1, err
 
 
-@pytest.mark.xfail(strict=True, reason="check_args accepts --counts up to any finite value; 3e9 (above the int32 "
-                                       "limit of discretise) fails only inside the run, with a message that does "
-                                       "not name --counts, after an INFO line")
 def test_counts_above_the_int32_limit_name_the_option(map_path, tmp_path, capsys):
     before = _listing(tmp_path)
     capsys.readouterr()

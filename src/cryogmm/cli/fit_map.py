@@ -54,8 +54,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def check_args(args: argparse.Namespace) -> None:
     if args.components < 1:
         raise InputError(f"--components {args.components}: must be at least 1")
-    if not math.isfinite(args.counts) or args.counts < 1:
-        raise InputError(f"--counts {args.counts:g}: must be a positive number (e.g. 1e6)")
+    if not math.isfinite(args.counts) or not 1 <= args.counts <= 2**31 - 1:
+        raise InputError(f"--counts {args.counts:g}: must be a number between 1 and 2147483647 (e.g. 1e6)")
     if args.steps < 1:
         raise InputError(f"--steps {args.steps}: must be at least 1")
     if args.burn_in is not None and not 0 <= args.burn_in <= args.steps:
@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
     from cryogmm.io.mrc import read_map, write_map
     from cryogmm.io.pseudoatoms import write_pseudoatoms_cif, write_pseudoatoms_pdb
     from cryogmm.io.runs import RunFolder, write_json, write_settings
-    from cryogmm.reconstruction.fit_map import fit_map, summarize
+    from cryogmm.reconstruction.fit_map import fit_map, prepare_counts, summarize
     from cryogmm.report.plots import plot_trace
 
     setup_logging(verbose=args.verbose)
@@ -84,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
         run = RunFolder(args.output, args.force)
         volume = read_map(args.map, args.pixel_size)
         grid = volume.grid
+        prepare_counts(volume.data, grid, args.components, args.counts, args.threshold)  # validate first
         seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
         with run as folder:
             setup_logging(folder / "run.log", verbose=args.verbose)

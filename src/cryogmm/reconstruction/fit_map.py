@@ -22,6 +22,7 @@ from cryogmm.samplers.mixture_fit import GridCounts, MixtureFitSampler, default_
 from cryogmm.simulate.discretise import discretise
 
 DEFAULT_COUNTS = 1_000_000
+MAX_COUNTS = np.iinfo(np.int32).max  # counts are int32 in the kernels
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,28 @@ class FitMapResult:
         return (self.posterior_mean_map * scale).astype(np.float32)
 
 
+def prepare_counts(values: np.ndarray, grid: Grid, n_components: int, n_counts: int,
+                   threshold: float = 0.0) -> tuple[NonNegativePart, GridCounts]:
+    """Zero the map below `threshold` and discretise it to about `n_counts` counts (Eqn. 2.52).
+
+    Raises InputError (naming the option to change) when that leaves nothing to fit or fewer
+    counts than components. Cheap: callers may run it to validate before starting a fit.
+    """
+    if not np.isfinite(threshold) or threshold < 0:
+        raise InputError(f"--threshold {threshold}: must be a non-negative number in map units")
+    if not 1 <= n_counts <= MAX_COUNTS:
+        raise InputError(f"--counts {n_counts:g}: must be between 1 and {MAX_COUNTS}")
+    clipped = non_negative_part(values, threshold)
+    if not clipped.values.any():
+        raise InputError("the map has no values above the threshold to fit; check its sign (invert it if the "
+                         "density is negative) or lower --threshold")
+    data = GridCounts(discretise(clipped.values, n_counts), grid)
+    if n_components > data.n_counts:
+        raise InputError(f"--components {n_components} is more than the {data.n_counts} counts; "
+                         "lower --components or raise --counts")
+    return clipped, data
+
+
 def fit_map(values: np.ndarray, grid: Grid, n_components: int, *, rng: np.random.Generator,
             algorithm: str = "gibbs", n_counts: int = DEFAULT_COUNTS, n_steps: int = 300,
             burn_in: int | None = None, thin: int = 10, prior_overrides: dict | None = None,
@@ -74,17 +97,7 @@ def fit_map(values: np.ndarray, grid: Grid, n_components: int, *, rng: np.random
     burn_in defaults to two thirds of `n_steps`; every `thin`-th later state enters the posterior
     mean (section 3.2.2). Raises InputError when the map cannot be fitted as asked.
     """
-    if not np.isfinite(threshold) or threshold < 0:
-        raise InputError(f"--threshold {threshold}: must be a non-negative number in map units")
-    clipped = non_negative_part(values, threshold)
-    if not clipped.values.any():
-        raise InputError("the map has no values above the threshold to fit; check its sign (invert it if the "
-                         "density is negative) or lower --threshold")
-    counts = discretise(clipped.values, n_counts)
-    data = GridCounts(counts, grid)
-    if n_components > data.n_counts:
-        raise InputError(f"--components {n_components} is more than the {data.n_counts} counts; "
-                         "lower --components or raise --counts")
+    clipped, data = prepare_counts(values, grid, n_components, n_counts, threshold)
     prior = default_prior(data, **(prior_overrides or {}))
     sampler = MixtureFitSampler(data, n_components, prior, algorithm, cutoff_sigmas)
     state = sampler.init(rng, initial)

@@ -35,7 +35,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("map", type=Path, help="density map (MRC)")
     parser.add_argument("--components", "-K", type=int, required=True, help="number of Gaussian components")
     parser.add_argument("--algorithm", choices=("gibbs", "em"), default="gibbs", help="default: gibbs")
-    parser.add_argument("--counts", type=float, default=1e6, help="total counts the map is discretised to (default 1e6)")
+    parser.add_argument("--counts", type=float, default=None,
+                        help="total counts the map is discretised to (default: 1e6 or 2000 per component, whichever is more)")
     parser.add_argument("--steps", type=int, default=300, help="Gibbs/EM steps (default 300)")
     parser.add_argument("--burn-in", type=int, default=None, help="steps before samples enter the posterior mean (default: 2/3 of --steps)")
     parser.add_argument("--thin", type=int, default=10, help="keep every N-th sample after burn-in (default 10)")
@@ -54,7 +55,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def check_args(args: argparse.Namespace) -> None:
     if args.components < 1:
         raise InputError(f"--components {args.components}: must be at least 1")
-    if not math.isfinite(args.counts) or not 1 <= args.counts <= 2**31 - 1:
+    if args.counts is not None and (not math.isfinite(args.counts) or not 1 <= args.counts <= 2**31 - 1):
         raise InputError(f"--counts {args.counts:g}: must be a number between 1 and 2147483647 (e.g. 1e6)")
     if args.steps < 1:
         raise InputError(f"--steps {args.steps}: must be at least 1")
@@ -75,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     from cryogmm.io.mrc import read_map, write_map
     from cryogmm.io.pseudoatoms import write_pseudoatoms_cif, write_pseudoatoms_pdb
     from cryogmm.io.runs import RunFolder, write_json, write_settings
-    from cryogmm.reconstruction.fit_map import fit_map, prepare_counts, summarize
+    from cryogmm.reconstruction.fit_map import default_counts, fit_map, prepare_counts, summarize
     from cryogmm.report.plots import plot_trace
 
     setup_logging(verbose=args.verbose)
@@ -84,21 +85,22 @@ def main(args: argparse.Namespace) -> int:
         run = RunFolder(args.output, args.force)
         volume = read_map(args.map, args.pixel_size)
         grid = volume.grid
-        prepare_counts(volume.data, grid, args.components, args.counts, args.threshold)  # validate first
+        n_counts = int(args.counts) if args.counts is not None else default_counts(args.components)
+        prepare_counts(volume.data, grid, args.components, n_counts, args.threshold)  # validate first
         seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
         with run as folder:
             setup_logging(folder / "run.log", verbose=args.verbose)
             log.info("%s: %s voxels of %.3f Å, origin %s Å", args.map, "x".join(map(str, grid.shape[::-1])),
                      grid.spacing_in_angstroms, np.round(grid.origin_in_angstroms, 2).tolist())
             result = fit_map(volume.data, grid, args.components, rng=np.random.default_rng(seed),
-                             algorithm=args.algorithm, n_counts=int(args.counts), n_steps=args.steps,
+                             algorithm=args.algorithm, n_counts=n_counts, n_steps=args.steps,
                              burn_in=args.burn_in, thin=args.thin, cutoff_sigmas=args.cutoff_sigmas,
                              threshold=args.threshold,
                              progress=not args.quiet and sys.stderr.isatty())
             prior = result.prior
-            log.info("discretised to %d counts (--counts %g); prior: means N(centre of mass %s Å, "
+            log.info("discretised to %d counts (asked for %d); prior: means N(centre of mass %s Å, "
                      "1/r with r = %.3g /Å²), precision Gamma(a = %g, b = %g Å²), weights Dirichlet(%g); "
-                     "seed %d", result.data.n_counts, args.counts, np.round(prior.center_in_angstroms, 2).tolist(),
+                     "seed %d", result.data.n_counts, n_counts, np.round(prior.center_in_angstroms, 2).tolist(),
                      prior.mean_precision, prior.shape, prior.rate, prior.concentration, seed)
             trace_lp, trace_sigma = result.traces["log_posterior"], result.traces["sigma_in_angstroms"]
             for step in sorted(set(range(0, len(trace_lp), max(1, args.steps // 10))) | {len(trace_lp) - 1}):
@@ -118,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
                        else (2 * args.steps) // 3, title=f"{Path(args.map).name}: K = {args.components}, {args.algorithm}")
             write_json(folder / "summary.json", summary)
             settings = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-            settings.update(seed=seed, prior={"mean_precision_per_square_angstrom": result.prior.mean_precision,
+            settings.update(seed=seed, n_counts_requested=n_counts, prior={"mean_precision_per_square_angstrom": result.prior.mean_precision,
                                               "mean_center_in_angstroms": result.prior.center_in_angstroms,
                                               "precision_shape_a": result.prior.shape,
                                               "precision_rate_b_in_square_angstroms": result.prior.rate,

@@ -49,35 +49,11 @@ def evaluate_kernel(means, amplitudes, precision, origin, spacing, cutoff_sigmas
     out : (nz, ny, nx) float32 or float64.
     """
     nz, ny, nx = out.shape
-    radius = cutoff_sigmas / math.sqrt(precision)
-    r2 = radius * radius
-    n_max = int(2 * radius / spacing) + 3
-    ex = np.empty(n_max)
-    ey = np.empty(n_max)
-    ez = np.empty(n_max)
-    for k in range(means.shape[0]):
-        mx, my, mz = means[k, 0], means[k, 1], means[k, 2]
-        xlo, xhi = _axis_range(mx, radius, origin[0], spacing, nx)
-        ylo, yhi = _axis_range(my, radius, origin[1], spacing, ny)
-        zlo, zhi = _axis_range(mz, radius, origin[2], spacing, nz)
-        if xlo > xhi or ylo > yhi or zlo > zhi:
-            continue
-        _axis_factors(mx, precision, origin[0], spacing, xlo, xhi, ex)
-        _axis_factors(my, precision, origin[1], spacing, ylo, yhi, ey)
-        _axis_factors(mz, precision, origin[2], spacing, zlo, zhi, ez)
-        for iz in range(zlo, zhi + 1):
-            dz = origin[2] + iz * spacing - mz
-            fz = amplitudes[k] * ez[iz - zlo]
-            for iy in range(ylo, yhi + 1):
-                dy = origin[1] + iy * spacing - my
-                rest = r2 - dz * dz - dy * dy
-                if rest < 0.0:
-                    continue
-                half = math.sqrt(rest)
-                x0, x1 = _axis_range(mx, half, origin[0], spacing, nx)
-                fzy = fz * ey[iy - ylo]
-                for ix in range(x0, x1 + 1):
-                    out[iz, iy, ix] += fzy * ex[ix - xlo]
+    rows = np.empty((nz, ny, 2), dtype=np.int64)
+    rows[:, :, 0] = 0
+    rows[:, :, 1] = nx - 1
+    _sweep(0, rows, out, out, out, out, out, np.empty(0), means, amplitudes, precision, origin,
+           spacing, cutoff_sigmas, np.empty(0), np.empty((0, 3)), np.empty(0))
 
 
 @numba.njit(**_NUMBA_OPTIONS)

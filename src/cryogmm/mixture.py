@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import gammaln
+from scipy.special import gammaln, logsumexp
 
 from cryogmm.grid import Grid
 from cryogmm.kernels import evaluate_gaussians
@@ -165,14 +165,19 @@ def log_prior(mixture: GaussianMixture, prior: MixturePrior) -> float:
     return float(lp_means + lp_precision + lp_weights)
 
 
-def log_likelihood_points(mixture: GaussianMixture, points: np.ndarray,
-                          multiplicities: np.ndarray | None = None) -> float:
-    """sum_i m_i log h(x_i) for a point cloud (Eqn. 2.32), exact, with log-sum-exp."""
+def component_log_densities(mixture: GaussianMixture, points: np.ndarray) -> np.ndarray:
+    """(N, K) array of log(w_k N(x_i | mu_k, s^-1 I)), exact (no cut-off; dense, small problems)."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, mixture.ndim)
     s = mixture.precision_per_square_angstrom
     d2 = ((points[:, None, :] - mixture.means_in_angstroms[None]) ** 2).sum(-1)
-    log_terms = np.log(np.clip(mixture.weights, 1e-300, None)) + 0.5 * mixture.ndim * np.log(s / (2 * np.pi)) - 0.5 * s * d2
-    top = log_terms.max(axis=1)
-    per_point = top + np.log(np.exp(log_terms - top[:, None]).sum(axis=1))
-    m = np.ones(points.shape[0]) if multiplicities is None else np.asarray(multiplicities, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        log_weights = np.log(mixture.weights)
+    return log_weights[None] + 0.5 * mixture.ndim * np.log(s / (2 * np.pi)) - 0.5 * s * d2
+
+
+def log_likelihood_points(mixture: GaussianMixture, points: np.ndarray,
+                          multiplicities: np.ndarray | None = None) -> float:
+    """sum_i m_i log h(x_i) for a point cloud (Eqn. 2.32), exact, with log-sum-exp."""
+    per_point = logsumexp(component_log_densities(mixture, points), axis=1)
+    m = np.ones(per_point.shape[0]) if multiplicities is None else np.asarray(multiplicities, dtype=np.float64)
     return float(per_point @ m)

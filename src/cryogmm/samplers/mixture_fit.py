@@ -17,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import logsumexp
 
 from cryogmm.grid import Grid
 from cryogmm.kernels import BinnedStatistics, BinnedWorkspace, binned_statistics
-from cryogmm.mixture import (DEFAULT_CUTOFF_SIGMAS, GaussianMixture, MixturePrior, log_prior,
+from cryogmm.mixture import (DEFAULT_CUTOFF_SIGMAS, GaussianMixture, MixturePrior, component_log_densities, log_prior,
                              sample_from_prior)
 from cryogmm.samplers.conditionals import em_update, gibbs_update
 
@@ -88,16 +89,12 @@ def point_cloud_statistics(data: PointCloud, mixture: GaussianMixture,
                            rng: np.random.Generator | None) -> BinnedStatistics:
     """Assignment statistics for a point cloud (Eqns. 2.35, 2.46), exact (no cut-off)."""
     x, m = data.points, data.multiplicities
-    s = mixture.precision_per_square_angstrom
     offsets = x[:, None, :] - mixture.means_in_angstroms[None]  # (N, K, d)
     d2 = (offsets**2).sum(-1)
-    with np.errstate(divide="ignore"):
-        log_terms = np.log(mixture.weights)[None] + 0.5 * data.ndim * np.log(s / (2 * np.pi)) - 0.5 * s * d2
-    top = log_terms.max(1, keepdims=True)
-    e = np.exp(log_terms - top)
-    total = e.sum(1, keepdims=True)
-    log_likelihood = float(((top + np.log(total))[:, 0]) @ m)
-    resp = e / total
+    log_terms = component_log_densities(mixture, x)
+    log_total = logsumexp(log_terms, axis=1, keepdims=True)
+    log_likelihood = float(log_total[:, 0] @ m)
+    resp = np.exp(log_terms - log_total)
     if rng is None:
         z = resp * m[:, None]
     else:

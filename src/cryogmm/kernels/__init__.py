@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryogmm.grid import Grid
-from cryogmm.kernels.gaussians import binned_statistics_kernel, evaluate_kernel
+from cryogmm.kernels.gaussians import binned_statistics_kernel, evaluate_kernel, occupied_rows
 
 __all__ = ["BinnedStatistics", "BinnedWorkspace", "binned_statistics", "evaluate_gaussians", "as_3d"]
 
@@ -80,13 +80,15 @@ class BinnedStatistics:
 
 
 class BinnedWorkspace:
-    """Scratch memory for `binned_statistics` on one data set: five grids and one uniform per
-    count. Holding one per sampler avoids allocating (and page-faulting) them at every step.
-    It carries no state between calls."""
+    """Scratch memory for `binned_statistics` on one data set: five grids, one uniform per count,
+    and the occupied span of each grid row (which depends only on the counts). Holding one per
+    sampler avoids allocating them, and scanning the counts, at every step."""
 
     def __init__(self, counts: np.ndarray):
         shape3 = (1,) * (3 - counts.ndim) + counts.shape
         self.shape = counts.shape
+        self.counts = np.ascontiguousarray(counts.reshape(shape3), dtype=np.int32)
+        self.rows = occupied_rows(self.counts)
         self.work = np.empty((5,) + shape3)
         self.uniforms = np.empty(int(counts.sum(dtype=np.int64)))
 
@@ -103,12 +105,14 @@ def binned_statistics(
 ) -> BinnedStatistics:
     """Assign the counts of `grid` to components: sampled (Gibbs, Eqn. 2.58) if `rng` is given,
     soft (EM, Eqn. 2.55) if `rng` is None. See `binned_statistics_kernel`. Pass a
-    `BinnedWorkspace(counts)` to reuse scratch memory across calls with the same counts."""
+    `BinnedWorkspace(counts)` made from these same counts to reuse it across calls."""
     if counts.shape != grid.shape:
         raise ValueError(f"counts of shape {counts.shape} on a grid of shape {grid.shape}")
     shape3, origin3, means3 = as_3d(grid, means)
     counts3 = np.ascontiguousarray(counts.reshape(shape3), dtype=np.int32)
-    if workspace is None or workspace.shape != counts.shape or workspace.uniforms.size < counts3.sum(dtype=np.int64):
+    # a workspace belongs to the counts it was made from (the caller pairs them; only the shape
+    # is checked here, comparing the counts would cost a pass over the grid at every step)
+    if workspace is None or workspace.counts.shape != counts3.shape:
         workspace = BinnedWorkspace(counts3)
     sample = rng is not None
     generator = rng if sample else np.random.default_rng(0)  # unused when not sampling
@@ -118,7 +122,7 @@ def binned_statistics(
     c = np.floor(means3 / cell).astype(np.int64)
     order = np.lexsort((c[:, 0], c[:, 1], c[:, 2]))
     n_k, s_k, q_k, loglik, lost = binned_statistics_kernel(
-        counts3, means3[order], np.ascontiguousarray(np.asarray(amplitudes, dtype=np.float64)[order]),
+        counts3, workspace.rows, means3[order], np.ascontiguousarray(np.asarray(amplitudes, dtype=np.float64)[order]),
         float(precision), origin3, grid.spacing_in_angstroms, float(cutoff_sigmas), generator, sample,
         workspace.work, workspace.uniforms)
     inverse = np.empty_like(order)

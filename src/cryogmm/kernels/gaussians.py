@@ -58,7 +58,7 @@ def evaluate_kernel(means, amplitudes, precision, origin, spacing, cutoff_sigmas
 
 @numba.njit(**_NUMBA_OPTIONS)
 def binned_statistics_kernel(
-    counts, means, amplitudes, precision, origin, spacing, cutoff_sigmas, rng, sample, work, uniforms
+    counts, rows, means, amplitudes, precision, origin, spacing, cutoff_sigmas, rng, sample, work, uniforms
 ):
     """Assignments of binned counts to components and their sufficient statistics.
 
@@ -68,7 +68,7 @@ def binned_statistics_kernel(
     on [0, total_j) are placed against the running sum of a_k g_jk over components k = 0, 1, ...;
     otherwise the expected split y_j r_jk is used (the EM E-step).
 
-    `work` is scratch memory of shape (5, nz, ny, nx) and `uniforms` scratch of at least
+    `rows` is `occupied_rows(counts)`. `work` is scratch memory of shape (5, nz, ny, nx) and `uniforms` scratch of at least
     sum(counts) elements (when sampling); reusing them between calls saves allocating ~5 grids.
 
     Returns
@@ -78,7 +78,6 @@ def binned_statistics_kernel(
     within the cut-off (they take no part in the update).
     """
     n_components = means.shape[0]
-    rows = _occupied_rows(counts)
     total = work[0]
     total[...] = 0.0
     _sweep(0, rows, total, total, total, total, total, np.empty(0), means, amplitudes, precision,
@@ -143,7 +142,7 @@ def binned_statistics_kernel(
 
 
 @numba.njit(**_NUMBA_OPTIONS)
-def _occupied_rows(counts):
+def occupied_rows(counts):
     """(nz, ny, 2) first and last x index with a positive count in each row (first > last if none)."""
     nz, ny, nx = counts.shape
     rows = np.empty((nz, ny, 2), dtype=np.int64)

@@ -1,0 +1,59 @@
+"""Numba kernels for many 2D images at once: projected mixtures (thesis 2.4, 3.3, 3.5).
+
+Each image i has its own set of projected means (the 3D means rotated by R_i and shifted by t_i);
+the kernels loop over images inside compiled code, reusing the single-grid kernels of
+`cryogmm.kernels.gaussians` on a `(1, ny, nx)` view of each image, so a Gibbs step over 25-100
+images costs one call from Python.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from cryogmm.kernels.gaussians import binned_statistics_kernel, evaluate_kernel
+
+_NUMBA_OPTIONS = dict(nogil=True, cache=True)
+
+
+@numba.njit(**_NUMBA_OPTIONS)
+def projected_statistics_kernel(counts, rows, means, amplitudes, precision, origin, spacing, cutoff_sigmas,
+                                rng, sample, work, uniforms):
+    """Assignment statistics of every image's counts to that image's projected components.
+
+    counts : (P, ny, nx) int32; rows : (P, ny, 2) from `occupied_rows(counts)`;
+    means : (P, K, 3) float64, projected means (x, y, 0) in Å of each image;
+    amplitudes : (K,); origin : (3,) (x, y, 0) of pixel [0, 0]; work : (5, 1, ny, nx) scratch;
+    uniforms : scratch of at least max_i sum(counts[i]) elements.
+
+    Returns n (P, K), s (P, K, 2) sums of n (v - m_ik), q (P, K) sums of n |v - m_ik|^2,
+    log_likelihood (P,) and n_unassigned (P,) (see `binned_statistics_kernel`).
+    """
+    n_images, n_components = means.shape[0], means.shape[1]
+    n = np.zeros((n_images, n_components))
+    s = np.zeros((n_images, n_components, 2))
+    q = np.zeros((n_images, n_components))
+    log_likelihood = np.zeros(n_images)
+    lost = np.zeros(n_images, dtype=np.int64)
+    for i in range(n_images):
+        n_k, s_k, q_k, ll, n_lost = binned_statistics_kernel(
+            counts[i:i + 1], rows[i:i + 1], means[i], amplitudes, precision, origin, spacing,
+            cutoff_sigmas, rng, sample, work, uniforms)
+        n[i] = n_k
+        s[i, :, 0] = s_k[:, 0]
+        s[i, :, 1] = s_k[:, 1]
+        q[i] = q_k
+        log_likelihood[i] = ll
+        lost[i] = n_lost
+    return n, s, q, log_likelihood, lost
+
+
+@numba.njit(**_NUMBA_OPTIONS)
+def projected_densities_kernel(means, amplitudes, precision, origin, spacing, cutoff_sigmas, out):
+    """out[m] = sum_k amplitudes[k] exp(-precision/2 |v - means[m, k]|^2) on each image grid.
+
+    means : (M, K, 3) projected means (x, y, 0); out : (M, ny, nx), zeroed here.
+    """
+    out[...] = 0.0
+    for m in range(means.shape[0]):
+        evaluate_kernel(means[m], amplitudes, precision, origin, spacing, cutoff_sigmas, out[m:m + 1])

@@ -1,0 +1,1 @@
+"""Pipelines: the ab initio stages, reconstruction with known poses and orientation estimation."""

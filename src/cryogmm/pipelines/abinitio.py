@@ -1,0 +1,356 @@
+"""Ab initio 3D mixtures from class averages with unknown orientations (thesis section 3.4).
+
+Initial stage (3.4.1): a small mixture (K = 100) on downsampled images (32 x 32, 1000 counts each),
+started from the prior with uniform random rotations, alternating blocks of mixture-only Gibbs
+steps with rotation updates: one global step over N_R uniform rotations (Eqns. 3.8-3.11), then
+local searches that draw from the same marginal posterior with candidates near the current
+rotation (sampling-importance-resampling, spreads 12, 6, 3 degrees), then local Gibbs steps with the
+matrix Fisher conditional. The thesis uses local Gibbs steps alone after the global step; they
+move a rotation by about a degree per step, so they need many steps to cover the 10-20 degrees
+between the global table's rotations (N_R = 1000 rotations are about 25 degrees apart). It is repeated from independent starts and
+the restarts are ranked by their final log-posterior (3.4.3).
+
+Refinement stage: the best restart's rotations, a fresh mixture from the prior with more
+components (K = 1000), the images at their input size with more counts; first mixture-only steps,
+then the full Gibbs sampler (mixture, rotations and in-plane translations). After burn-in every
+`refine_thin`-th sample is evaluated on the output grid and averaged: the posterior mean map.
+
+Checkpoints: each finished restart and the refinement chain every `checkpoint_every` steps are
+handed to a `checkpoint` object (`load(name) -> dict | None`, `save(name, dict)`), with the
+random generator's state, so that a resumed run gives the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cryogmm.geometry.symmetry import canonical_symmetry_name, symmetry_operators
+from cryogmm.grid import Grid
+from cryogmm.mixture import GaussianMixture, evaluate
+from cryogmm.preprocess.resample import fourier_crop
+from cryogmm.samplers.projected import (ImageCounts, ProjectedGibbsSampler, ProjectedState, default_projection_prior,
+                                        expand_symmetry, global_rotation_step, local_rotation_search)
+from cryogmm.simulate.discretise import discretise
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbinitioSettings:
+    """All settings of an ab initio run (defaults: thesis section 3.4.1, scaled for speed)."""
+
+    symmetry: str = "C1"
+    n_restarts: int = 4
+    # initial stage
+    n_components_initial: int = 100
+    initial_box: int = 32
+    initial_counts: int = 1000
+    n_rotations: int = 1000
+    n_cycles: int = 12
+    mixture_steps: int = 20
+    rotation_steps: int = 5
+    local_spreads_in_degrees: tuple[float, ...] = (12.0, 6.0, 3.0)
+    local_candidates: int = 50
+    # refinement stage
+    n_components: int = 1000
+    refine_counts: int = 10000
+    refine_mixture_steps: int = 100
+    refine_steps: int = 300
+    refine_burn_in: int = 150
+    refine_thin: int = 10
+    refine_translations: bool = True
+    max_shift_in_angstroms: float | None = None
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "symmetry", canonical_symmetry_name(self.symmetry))
+        positive = ("n_restarts", "n_components_initial", "initial_box", "initial_counts", "n_rotations",
+                    "n_cycles", "n_components", "refine_counts", "refine_thin", "checkpoint_every")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("mixture_steps", "rotation_steps", "refine_mixture_steps", "refine_steps", "refine_burn_in"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if self.refine_burn_in >= self.refine_steps and self.refine_steps > 0:
+            raise ValueError(f"refine_burn_in ({self.refine_burn_in}) must be below refine_steps ({self.refine_steps})")
+
+
+@dataclass(frozen=True)
+class RestartResult:
+    index: int
+    log_posterior: float
+    mixture: GaussianMixture
+    rotations: np.ndarray
+    trace: np.ndarray  # log-posterior per step
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AbinitioResult:
+    settings: AbinitioSettings
+    restarts: list[RestartResult]
+    best_restart: int
+    mixture: GaussianMixture  # best refinement sample (asymmetric unit)
+    full_mixture: GaussianMixture  # with symmetric copies
+    rotations: np.ndarray
+    translations_in_angstroms: np.ndarray
+    posterior_mean: np.ndarray  # (n, n, n) on the input pixel size, origin at n // 2
+    n_samples: int
+    refine_trace: np.ndarray
+    sigma_trace: np.ndarray
+    log_posterior: float
+    timings: dict = field(default_factory=dict)
+
+
+def images_to_counts(images: np.ndarray, pixel_size_in_angstroms: float, box: int, n_counts: int) -> ImageCounts:
+    """Downsample (Fourier crop) non-negative images to `box` and discretise each to `n_counts`
+    (Eqn. 2.52). Negative ringing from the cropping is set to zero."""
+    n = images.shape[-1]
+    box = min(int(box), n)
+    small = fourier_crop(images, box) if box < n else np.asarray(images, dtype=np.float64)
+    small = np.clip(small, 0.0, None)
+    return ImageCounts(discretise(small, n_counts, per_image=True), pixel_size_in_angstroms * n / box)
+
+
+def _mixture_arrays(prefix: str, mixture: GaussianMixture) -> dict:
+    return {f"{prefix}means": mixture.means_in_angstroms, f"{prefix}weights": mixture.weights,
+            f"{prefix}precision": np.array(mixture.precision_per_square_angstrom)}
+
+
+def _mixture_from(prefix: str, d: dict) -> GaussianMixture:
+    return GaussianMixture(np.asarray(d[f"{prefix}means"]), np.asarray(d[f"{prefix}weights"]),
+                           float(d[f"{prefix}precision"]))
+
+
+def _rng_state(rng: np.random.Generator) -> np.ndarray:
+    return np.array(json.dumps(rng.bit_generator.state))
+
+
+def _set_rng_state(rng: np.random.Generator, value) -> None:
+    rng.bit_generator.state = json.loads(str(value))
+
+
+def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCounts,
+                settings: AbinitioSettings, progress: bool = False) -> RestartResult:
+    """One run of the initial stage (Fig. 3.16); a top-level function so that it can run in a
+    worker process."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed_sequence)
+    ops = symmetry_operators(settings.symmetry)
+    prior = default_projection_prior(data)
+    mixture_sampler = ProjectedGibbsSampler(data, settings.n_components_initial, prior, ops,
+                                            update_mixture=True, update_rotations=False)
+    rotation_sampler = ProjectedGibbsSampler(data, settings.n_components_initial, prior, ops,
+                                             update_mixture=False, update_rotations=True)
+    state = mixture_sampler.init(rng)
+    trace = []
+    steps = settings.n_cycles * (settings.mixture_steps + settings.rotation_steps)
+    bar = tqdm(total=steps, desc=f"restart {index + 1}", disable=not progress, leave=False, unit="step")
+    try:
+        for _ in range(settings.n_cycles):
+            for _ in range(settings.mixture_steps):
+                state, info = mixture_sampler.step(rng, state)
+                trace.append(info["log_posterior"])
+                bar.update(1)
+            state, _ = global_rotation_step(rng, rotation_sampler, state, settings.n_rotations)
+            for spread in settings.local_spreads_in_degrees:
+                state, _ = local_rotation_search(rng, rotation_sampler, state, settings.local_candidates, spread)
+            for _ in range(settings.rotation_steps):
+                state, info = rotation_sampler.step(rng, state)
+                trace.append(info["log_posterior"])
+                bar.update(1)
+            bar.set_postfix(log_posterior=f"{trace[-1]:.6g}", refresh=False)
+    finally:
+        bar.close()
+    log_posterior = mixture_sampler.log_posterior(state)
+    trace.append(log_posterior)
+    return RestartResult(index, log_posterior, state.mixture, state.rotations, np.asarray(trace),
+                         time.perf_counter() - start)
+
+
+def _restart_to_dict(r: RestartResult) -> dict:
+    return {"index": np.array(r.index), "log_posterior": np.array(r.log_posterior), "rotations": r.rotations,
+            "trace": r.trace, "seconds": np.array(r.seconds), **_mixture_arrays("mixture_", r.mixture)}
+
+
+def _restart_from_dict(d: dict) -> RestartResult:
+    return RestartResult(int(d["index"]), float(d["log_posterior"]), _mixture_from("mixture_", d),
+                         np.asarray(d["rotations"]), np.asarray(d["trace"]), float(d["seconds"]))
+
+
+def default_max_shift_in_angstroms(data: ImageCounts) -> float:
+    """Translations searched in the refinement's global step: 10% of the box (at least 2 pixels)."""
+    return max(0.1 * data.box, 2.0) * data.pixel_size_in_angstroms
+
+
+def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: AbinitioSettings,
+                 seed: int, *, jobs: int = 1, map_restarts: Callable | None = None, checkpoint=None,
+                 progress: bool = False) -> AbinitioResult:
+    """The whole ab initio pipeline on non-negative square images `(P, n, n)`.
+
+    map_restarts : optional `map_restarts(function, indices)` that runs `function(i)` for each
+        restart index (e.g. on a Dask cluster) and returns the results in order; otherwise
+        restarts run in `jobs` local processes (1: in this process).
+    checkpoint : optional object with `load(name) -> dict | None` and `save(name, dict)`.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    timings = {}
+    t0 = time.perf_counter()
+    seeds = np.random.SeedSequence(seed).spawn(settings.n_restarts + 1)
+    initial = images_to_counts(images, pixel_size_in_angstroms, settings.initial_box, settings.initial_counts)
+    logger.info("initial stage: %d restarts, K = %d, %d images of %d px at %.3g Å/px, %d counts each, N_R = %d, "
+                "symmetry %s", settings.n_restarts, settings.n_components_initial, initial.n_images, initial.box,
+                initial.pixel_size_in_angstroms, settings.initial_counts, settings.n_rotations, settings.symmetry)
+
+    restarts: dict[int, RestartResult] = {}
+    if checkpoint is not None:
+        for i in range(settings.n_restarts):
+            saved = checkpoint.load(f"restart_{i}")
+            if saved is not None:
+                restarts[i] = _restart_from_dict(saved)
+        if restarts:
+            logger.info("resuming: %d of %d restarts already done", len(restarts), settings.n_restarts)
+    todo = [i for i in range(settings.n_restarts) if i not in restarts]
+
+    def finished(result: RestartResult) -> None:
+        restarts[result.index] = result
+        logger.info("restart %d: log-posterior %.6g (%.1f s)", result.index + 1, result.log_posterior, result.seconds)
+        if checkpoint is not None:
+            checkpoint.save(f"restart_{result.index}", _restart_to_dict(result))
+
+    if todo and map_restarts is not None:
+        for result in map_restarts(lambda i: run_restart(i, seeds[i], initial, settings), todo):
+            finished(result)
+    elif todo and jobs > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
+            futures = [pool.submit(run_restart, i, seeds[i], initial, settings) for i in todo]
+            for future in tqdm(as_completed(futures), total=len(futures), desc="restarts", disable=not progress,
+                               leave=False, unit="restart"):
+                finished(future.result())
+    else:
+        for i in todo:
+            finished(run_restart(i, seeds[i], initial, settings, progress))
+    ranked = sorted(restarts.values(), key=lambda r: -r.log_posterior)
+    best = ranked[0]
+    timings["initial_stage_seconds"] = time.perf_counter() - t0
+    logger.info("best restart: %d (log-posterior %.6g)", best.index + 1, best.log_posterior)
+
+    t1 = time.perf_counter()
+    refine = _refine(images, pixel_size_in_angstroms, settings, seeds[-1], best, checkpoint, progress)
+    timings["refinement_seconds"] = time.perf_counter() - t1
+    timings["total_seconds"] = time.perf_counter() - t0
+    return AbinitioResult(settings=settings, restarts=[restarts[i] for i in range(settings.n_restarts)],
+                          best_restart=best.index, timings=timings, **refine)
+
+
+def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_sequence, best: RestartResult,
+            checkpoint, progress: bool) -> dict:
+    """The refinement stage; returns the fields of AbinitioResult it owns."""
+    data = images_to_counts(images, pixel_size_in_angstroms, images.shape[-1], settings.refine_counts)
+    ops = symmetry_operators(settings.symmetry)
+    prior = default_projection_prior(data)
+    max_shift = settings.max_shift_in_angstroms
+    if max_shift is None:
+        max_shift = default_max_shift_in_angstroms(data)
+    shift_pixels = int(round(max_shift / data.pixel_size_in_angstroms))
+    translations = settings.refine_translations and shift_pixels > 0
+    warmup = ProjectedGibbsSampler(data, settings.n_components, prior, ops, update_mixture=True,
+                                   update_rotations=False, update_translations=False)
+    full = ProjectedGibbsSampler(data, settings.n_components, prior, ops, update_mixture=True,
+                                 update_rotations=True, update_translations=translations)
+    rotation_only = ProjectedGibbsSampler(data, settings.n_components, prior, ops, update_mixture=False,
+                                          update_rotations=True, update_translations=translations)
+    n_box = images.shape[-1]
+    grid = Grid.centered((n_box,) * 3, pixel_size_in_angstroms)
+    total = settings.refine_mixture_steps + 1 + settings.refine_steps  # warm-up, one global step, full steps
+
+    rng = np.random.default_rng(seed_sequence)
+    saved = checkpoint.load("refinement") if checkpoint is not None else None
+    if saved is not None:
+        _set_rng_state(rng, saved["rng"])
+        state = ProjectedState(_mixture_from("mixture_", saved), np.asarray(saved["rotations"]),
+                               np.asarray(saved["translations"]), int(saved["step"]))
+        trace = list(np.asarray(saved["trace"]))
+        sigmas = list(np.asarray(saved["sigmas"]))
+        mean_sum = np.asarray(saved["mean_sum"], dtype=np.float64)
+        n_samples = int(saved["n_samples"])
+        best_lp = float(saved["best_log_posterior"])
+        best_state = ProjectedState(_mixture_from("best_", saved), np.asarray(saved["best_rotations"]),
+                                    np.asarray(saved["best_translations"]))
+        logger.info("resuming the refinement at step %d of %d", state.step, total)
+    else:
+        state = warmup.init(rng, rotations=best.rotations)
+        trace, sigmas = [], []
+        mean_sum = np.zeros(grid.shape)
+        n_samples = 0
+        best_lp, best_state = -np.inf, state
+    logger.info("refinement: K = %d, %d images of %d px, %d counts each, translations %s", settings.n_components,
+                data.n_images, data.box, settings.refine_counts,
+                f"within {shift_pixels * data.pixel_size_in_angstroms:.3g} Å" if translations else "fixed at 0")
+
+    previous = state
+    bar = tqdm(total=total, initial=state.step, desc="refinement", disable=not progress, leave=False, unit="step")
+    try:
+        while state.step < total:
+            step = state.step
+            if step < settings.refine_mixture_steps:
+                state, info = warmup.step(rng, state)
+            elif step == settings.refine_mixture_steps:
+                # the initial stage's rotations were found on coarse images: one global step at the
+                # full size (with the shift search) puts each image in its basin before local steps
+                moved, info = global_rotation_step(rng, rotation_only, state, settings.n_rotations,
+                                                   shift_pixels if translations else 0)
+                state = ProjectedState(moved.mixture, moved.rotations, moved.translations_in_angstroms, step + 1)
+                info = {"log_posterior": trace[-1] if trace else np.nan,
+                        "sigma_in_angstroms": state.mixture.sigma_in_angstroms}
+            else:
+                state, info = full.step(rng, state)
+            trace.append(info["log_posterior"])
+            sigmas.append(info["sigma_in_angstroms"])
+            done = state.step - (settings.refine_mixture_steps + 1)
+            if done > settings.refine_burn_in and (done - settings.refine_burn_in) % settings.refine_thin == 0:
+                full_mixture = expand_symmetry(state.mixture, ops)
+                mean_sum += evaluate(full_mixture, grid)
+                n_samples += 1
+            if state.step > settings.refine_mixture_steps + 1 and info["log_posterior"] > best_lp:
+                best_lp, best_state = info["log_posterior"], previous
+            previous = state
+            bar.update(1)
+            if state.step % 10 == 0:
+                bar.set_postfix(log_posterior=f"{info['log_posterior']:.6g}",
+                                sigma=f"{info['sigma_in_angstroms']:.3g}", refresh=False)
+            if checkpoint is not None and state.step % settings.checkpoint_every == 0 and state.step < total:
+                checkpoint.save("refinement", {
+                    "rng": _rng_state(rng), "rotations": state.rotations, "translations": state.translations_in_angstroms,
+                    "step": np.array(state.step), "trace": np.asarray(trace), "sigmas": np.asarray(sigmas),
+                    "mean_sum": mean_sum, "n_samples": np.array(n_samples), "best_log_posterior": np.array(best_lp),
+                    "best_rotations": best_state.rotations, "best_translations": best_state.translations_in_angstroms,
+                    **_mixture_arrays("mixture_", state.mixture), **_mixture_arrays("best_", best_state.mixture)})
+    finally:
+        bar.close()
+    final_lp = full.log_posterior(state)
+    trace.append(final_lp)
+    sigmas.append(state.mixture.sigma_in_angstroms)
+    if final_lp > best_lp:
+        best_lp, best_state = final_lp, state
+    if n_samples == 0:
+        mean_sum = evaluate(expand_symmetry(state.mixture, ops), grid)
+        n_samples = 1
+    return dict(mixture=best_state.mixture, full_mixture=expand_symmetry(best_state.mixture, ops),
+                rotations=state.rotations, translations_in_angstroms=state.translations_in_angstroms,
+                posterior_mean=mean_sum / n_samples, n_samples=n_samples, refine_trace=np.asarray(trace),
+                sigma_trace=np.asarray(sigmas), log_posterior=final_lp)
+
+
+def settings_dict(settings: AbinitioSettings) -> dict:
+    return asdict(settings)

@@ -1,0 +1,1 @@
+"""Image preparation before inference: resampling (and, later, masking, centring, deconvolution)."""

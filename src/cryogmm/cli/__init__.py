@@ -19,6 +19,7 @@ COMMANDS = {
     "simulate-map": "simulate_map",
     "simulate-images": "simulate_images",
     "fit-map": "fit_map",
+    "fsc": "fsc",
 }
 
 EXIT_BAD_INPUT = 2

@@ -19,7 +19,9 @@ COMMANDS = {
     "simulate-map": "simulate_map",
     "simulate-images": "simulate_images",
     "fit-map": "fit_map",
+    "abinitio": "abinitio",
     "fsc": "fsc",
+    "reconstruct": "reconstruct",
 }
 
 EXIT_BAD_INPUT = 2

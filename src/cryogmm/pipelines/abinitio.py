@@ -310,6 +310,8 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
                 # full size (with the shift search) puts each image in its basin before local steps
                 moved, info = global_rotation_step(rng, rotation_only, state, settings.n_rotations,
                                                    shift_pixels if translations else 0)
+                for spread in settings.local_spreads_in_degrees:
+                    moved, _ = local_rotation_search(rng, rotation_only, moved, settings.local_candidates, spread)
                 state = ProjectedState(moved.mixture, moved.rotations, moved.translations_in_angstroms, step + 1)
                 info = {"log_posterior": trace[-1] if trace else np.nan,
                         "sigma_in_angstroms": state.mixture.sigma_in_angstroms}

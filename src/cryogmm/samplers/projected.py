@@ -261,11 +261,14 @@ class ProjectedGibbsSampler:
 
 
 def log_projected_densities(mixture: GaussianMixture, rotations: np.ndarray, grid: Grid,
-                            cutoff_sigmas: float = TABLE_CUTOFF_SIGMAS) -> np.ndarray:
-    """(M, n, n) log of the projected density (1 - eps) h_m + eps / area under each rotation,
-    with eps = GLOBAL_BACKGROUND_WEIGHT: the mixture plus a faint uniform background, so that
-    counts beyond the cut-off give a finite log-likelihood."""
-    means = projected_means(mixture.means_in_angstroms, rotations, np.zeros((rotations.shape[0], 2)))
+                            cutoff_sigmas: float = TABLE_CUTOFF_SIGMAS,
+                            translations_in_angstroms: np.ndarray | None = None) -> np.ndarray:
+    """(M, n, n) log of the projected density (1 - eps) h_m + eps / area under each rotation (and
+    in-plane translation, default zero), with eps = GLOBAL_BACKGROUND_WEIGHT: the mixture plus a
+    faint uniform background, so that counts beyond the cut-off give a finite log-likelihood."""
+    if translations_in_angstroms is None:
+        translations_in_angstroms = np.zeros((rotations.shape[0], 2))
+    means = projected_means(mixture.means_in_angstroms, rotations, translations_in_angstroms)
     s = mixture.precision_per_square_angstrom
     out = np.empty((rotations.shape[0],) + grid.shape)
     projected_densities_kernel(means, mixture.weights * s / (2 * np.pi), float(s),
@@ -338,13 +341,14 @@ def global_rotation_step(rng: np.random.Generator, sampler: ProjectedGibbsSample
     return ProjectedState(state.mixture, rotations, translations, state.step), info
 
 
-def image_log_likelihoods(sampler: ProjectedGibbsSampler, mixture: GaussianMixture, rotations: np.ndarray
-                          ) -> np.ndarray:
-    """(P, M) log p(D_i | R_im) for per-image candidate rotations `rotations` (P, M, 3, 3), with the
-    same background-padded projected density as the global table and zero translations."""
+def image_log_likelihoods(sampler: ProjectedGibbsSampler, mixture: GaussianMixture, rotations: np.ndarray,
+                          translations_in_angstroms: np.ndarray) -> np.ndarray:
+    """(P, M) log p(D_i | R_im, t_i) for per-image candidate rotations `rotations` (P, M, 3, 3) and the
+    images' translations (P, 2), with the background-padded projected density of the global table."""
     full = expand_symmetry(mixture, sampler.symmetry_operators)
     p, m = rotations.shape[:2]
-    log_h = log_projected_densities(full, rotations.reshape(-1, 3, 3), sampler.data.grid, TABLE_CUTOFF_SIGMAS)
+    shifts = np.repeat(np.asarray(translations_in_angstroms, dtype=np.float64)[:, None], m, axis=1).reshape(-1, 2)
+    log_h = log_projected_densities(full, rotations.reshape(-1, 3, 3), sampler.data.grid, TABLE_CUTOFF_SIGMAS, shifts)
     counts = sampler.data.counts.reshape(p, 1, -1).astype(np.float64)
     return np.einsum("pmj,pmj->pm", np.broadcast_to(counts, (p, m, counts.shape[2])), log_h.reshape(p, m, -1))
 
@@ -357,13 +361,11 @@ def local_rotation_search(rng: np.random.Generator, sampler: ProjectedGibbsSampl
     density, one resampled. It moves a rotation many degrees in one step, where the local Gibbs
     step (whose missing coordinates tie it to the current rotation) creeps; the current rotation is
     one of the candidates."""
-    if np.any(state.translations_in_angstroms != 0):
-        raise ValueError("the local rotation search assumes zero translations")
     p = state.rotations.shape[0]
     kappa = 0.5 / np.radians(spread_in_degrees) ** 2  # rotation-vector variance 1/(2 kappa) per axis
     centres = np.repeat(state.rotations[:, None], n_candidates - 1, axis=1)
     candidates = np.concatenate([state.rotations[:, None], sample_matrix_fisher(rng, kappa * centres)], axis=1)
-    log_like = image_log_likelihoods(sampler, state.mixture, candidates)
+    log_like = image_log_likelihoods(sampler, state.mixture, candidates, state.translations_in_angstroms)
     log_proposal = kappa * np.einsum("pij,pmij->pm", state.rotations, candidates)  # tr(R_cur^T R)
     weights = log_like - log_proposal
     choice = np.argmax(weights + rng.gumbel(size=weights.shape), axis=1)

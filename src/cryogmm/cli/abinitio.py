@@ -1,0 +1,315 @@
+"""Infer a 3D initial model and the image orientations from class averages (thesis section 3.4).
+
+IMAGES is an .mrcs stack (pixel size from the header unless --pixel-size is given), a STAR file
+of class averages or particles, or an .npz of 2D point clouds (one (N, 2) array in pixels per
+image; they are centred and binned into count images). Images must be non-negative: the Poisson
+model reads them as counts. Class averages with negative values (CTF-corrected, or normalised to
+a zero background) are refused unless --clip-negatives is given, which subtracts each image's
+background level (median of its outer ring) and sets what remains negative to zero.
+
+Stages: several independent restarts of the initial stage (K = --components-initial on images
+downsampled to --initial-box, --initial-counts counts each, --rotations global rotations), ranked
+by log-posterior; then refinement of the best one (K = --components on the images at their input
+size, --counts counts each, rotations and translations sampled) and the posterior mean of the
+thinned samples after burn-in.
+
+Outputs in DIR: map.mrc (posterior mean on the input pixel size and box; rotation centre at
+voxel box//2, MRC origin 0 as RELION writes it), pseudoatoms.pdb and .cif (best sample, all
+symmetric copies), orientations.star (estimated poses in RELION's convention with the input image
+names), summary.json (settings, seed, per-restart log-posteriors, chosen restart, component size,
+timings; with --reference: aligned FSC and cross-correlation; with --true-poses: rotation errors),
+restarts.png (log-posterior traces), projections.png (inputs next to projections of the result),
+settings.json, run.log. An interrupted run keeps its checkpoints in DIR's sibling
+.DIR.checkpoint/ and continues with --resume (same options and seed).
+
+Example:
+    cryogmm abinitio class_averages.mrcs --pixel-size 4 --restarts 4 --jobs 2 --seed 1 --output polII_abinitio
+    cryogmm abinitio groel.mrcs --symmetry D7 --output groel_abinitio
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cryogmm.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", type=Path, help="class averages: .mrcs stack, STAR file, or .npz point clouds")
+    parser.add_argument("--pixel-size", type=float, default=None, help="pixel size in Å (default: from the file)")
+    parser.add_argument("--symmetry", default="C1", help="point group imposed on the model: C1, Cn, Dn, T, O, I (default C1)")
+    parser.add_argument("--restarts", type=int, default=4, help="independent initial-stage runs (default 4)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="processes for the restarts (default: the number of CPU cores, at most --restarts)")
+    parser.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
+                        help="run the restarts on an existing Dask cluster (needs dask.distributed)")
+    parser.add_argument("--components-initial", type=int, default=100, help="K in the initial stage (default 100)")
+    parser.add_argument("--components", type=int, default=1000, help="K in the refinement (default 1000)")
+    parser.add_argument("--initial-box", type=int, default=32, help="image size in the initial stage (default 32)")
+    parser.add_argument("--initial-counts", type=int, default=1000, help="counts per image in the initial stage (default 1000)")
+    parser.add_argument("--counts", type=int, default=10000, help="counts per image in the refinement (default 10000)")
+    parser.add_argument("--rotations", type=int, default=1000, help="N_R, rotations of the global step (default 1000)")
+    parser.add_argument("--cycles", type=int, default=12, help="mixture/rotation alternations per restart (default 12)")
+    parser.add_argument("--refine-steps", type=int, default=300, help="full Gibbs steps in the refinement (default 300)")
+    parser.add_argument("--burn-in", type=int, default=150, help="refinement steps before averaging (default 150)")
+    parser.add_argument("--thin", type=int, default=10, help="average every N-th sample after burn-in (default 10)")
+    parser.add_argument("--max-shift", type=float, default=None,
+                        help="largest in-plane translation searched in Å (default 10%% of the box; 0 fixes them)")
+    parser.add_argument("--clip-negatives", action="store_true",
+                        help="subtract each image's background and set negative values to zero")
+    parser.add_argument("--reference", type=Path, default=None, help="a map to compare with (aligned FSC, CC)")
+    parser.add_argument("--true-poses", type=Path, default=None, help="STAR with the true poses (rotation errors)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded)")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="output folder")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
+
+
+def build_settings(args: argparse.Namespace):
+    from cryogmm.pipelines.abinitio import AbinitioSettings
+
+    checks = [("--restarts", args.restarts, 1), ("--components-initial", args.components_initial, 1),
+              ("--components", args.components, 1), ("--initial-box", args.initial_box, 8),
+              ("--initial-counts", args.initial_counts, 10), ("--counts", args.counts, 10),
+              ("--rotations", args.rotations, 10), ("--cycles", args.cycles, 1), ("--refine-steps", args.refine_steps, 1),
+              ("--burn-in", args.burn_in, 0), ("--thin", args.thin, 1)]
+    for option, value, low in checks:
+        if value < low:
+            raise InputError(f"{option} {value}: must be at least {low}")
+    if args.counts > 10**8 or args.initial_counts > 10**8:
+        raise InputError("--counts/--initial-counts: at most 1e8 counts per image")
+    if args.burn_in >= args.refine_steps:
+        raise InputError(f"--burn-in {args.burn_in}: must be below --refine-steps ({args.refine_steps})")
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(f"--jobs {args.jobs}: must be at least 1")
+    if args.max_shift is not None and (not math.isfinite(args.max_shift) or args.max_shift < 0):
+        raise InputError(f"--max-shift {args.max_shift}: must be a non-negative number of Å")
+    if args.seed is not None and args.seed < 0:
+        raise InputError(f"--seed {args.seed}: must be a non-negative integer")
+    if args.resume and args.force:
+        raise InputError("--resume and --force: choose one (--force starts over)")
+    return AbinitioSettings(symmetry=args.symmetry, n_restarts=args.restarts,
+                            n_components_initial=args.components_initial, initial_box=args.initial_box,
+                            initial_counts=args.initial_counts, n_rotations=args.rotations, n_cycles=args.cycles,
+                            n_components=args.components, refine_counts=args.counts, refine_steps=args.refine_steps,
+                            refine_burn_in=args.burn_in, refine_thin=args.thin,
+                            refine_translations=args.max_shift != 0, max_shift_in_angstroms=args.max_shift or None)
+
+
+def _dask_map(address: str):
+    try:
+        from dask.distributed import Client
+    except ImportError as exc:
+        raise InputError("--dask-scheduler: dask.distributed is not installed; pip install 'dask[distributed]'") from exc
+    try:
+        client = Client(address, timeout=30)
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"--dask-scheduler {address}: cannot connect ({exc}); check the address") from exc
+
+    def map_restarts(function, indices):
+        futures = client.map(function, indices, pure=False)
+        return client.gather(futures)
+
+    return map_restarts
+
+
+def main(args: argparse.Namespace) -> int:
+    from cryogmm.cli import close_logging, setup_logging
+    from cryogmm.geometry.symmetry import canonical_symmetry_name
+    from cryogmm.io.checkpoints import CheckpointFolder, checkpoint_dir_for
+    from cryogmm.io.images import clip_negatives, negative_part, read_input_images
+    from cryogmm.io.runs import RunFolder, check_output_dir
+    from cryogmm.pipelines.abinitio import run_abinitio, settings_dict
+
+    setup_logging(verbose=args.verbose)
+    try:
+        canonical_symmetry_name(args.symmetry)
+        settings = build_settings(args)
+        checkpoints = CheckpointFolder(checkpoint_dir_for(args.output))
+        if not args.resume:
+            check_output_dir(args.output, args.force)
+            if checkpoints.exists() and not args.force:
+                raise InputError(f"--output {args.output}: an interrupted run left checkpoints in {checkpoints.path}; "
+                                 "pass --resume to continue it or --force to start over")
+        data = read_input_images(args.images, args.pixel_size)
+        images = data.images
+        n_negative, share = negative_part(images)
+        clipped_note = None
+        if n_negative:
+            if not args.clip_negatives:
+                raise InputError(f"{args.images}: {n_negative} pixels are negative ({100 * share:.1f}% of the absolute "
+                                 "mass) but the images are read as counts; deconvolve and mask them first, or pass "
+                                 "--clip-negatives to subtract the background and set negatives to zero")
+            images = clip_negatives(images)
+            clipped_note = {"negative_pixels": n_negative, "negative_share_of_mass": share}
+        check_evaluation_inputs(args, images.shape, data.pixel_size_in_angstroms)
+        seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
+        record = {"images": str(args.images), "seed": seed, "pixel_size_in_angstroms": data.pixel_size_in_angstroms,
+                  "n_images": int(images.shape[0]), "box": int(images.shape[-1]), "clip_negatives": args.clip_negatives,
+                  **settings_dict(settings)}
+        checkpoints.start(record, resume=args.resume)
+        run = RunFolder(args.output, force=args.force or args.resume)
+        jobs = args.jobs or min(os.cpu_count() or 1, settings.n_restarts)
+        map_restarts = _dask_map(args.dask_scheduler) if args.dask_scheduler else None
+        with run as folder:
+            setup_logging(folder / "run.log", verbose=args.verbose)
+            log.info("%s: %d images of %d px at %.4g Å/px; seed %d", args.images, images.shape[0], images.shape[-1],
+                     data.pixel_size_in_angstroms, seed)
+            if clipped_note:
+                log.info("%d negative pixels (%.1f%% of the absolute mass): background subtracted and negatives set "
+                         "to zero (--clip-negatives)", n_negative, 100 * share)
+            progress = not args.quiet and sys.stderr.isatty()
+            result = run_abinitio(images, data.pixel_size_in_angstroms, settings, seed, jobs=jobs,
+                                  map_restarts=map_restarts, checkpoint=checkpoints, progress=progress)
+            summary = write_outputs(folder, args, data, images, result, seed, record, clipped_note)
+            log.info("best restart %d of %d; sigma %.2f Å; %d samples averaged; %.1f s in all",
+                     result.best_restart + 1, settings.n_restarts, result.mixture.sigma_in_angstroms,
+                     result.n_samples, result.timings["total_seconds"])
+            for key in ("fsc_0.5_in_angstroms", "fsc_0.143_in_angstroms", "cross_correlation"):
+                if key in summary.get("reference", {}):
+                    log.info("against %s: %s = %s", args.reference, key, summary["reference"][key])
+            if "rotation_errors" in summary:
+                log.info("rotation errors against %s: %s", args.true_poses, summary["rotation_errors"]["best_restart"])
+            log.info("wrote %s", args.output)
+        checkpoints.remove()
+    finally:
+        close_logging()
+    return 0
+
+
+def check_evaluation_inputs(args, shape: tuple, pixel: float) -> None:
+    """Refuse a --reference or --true-poses that cannot be compared, before the run starts."""
+    from cryogmm.io.mrc import read_map
+    from cryogmm.io.star import columns_to_poses, read_particles
+
+    if args.reference is not None:
+        reference = read_map(args.reference)
+        if reference.data.shape != (shape[-1],) * 3 or abs(reference.voxel_size_in_angstroms - pixel) > 1e-3 * pixel:
+            raise InputError(f"--reference {args.reference}: box {reference.data.shape[0]} at "
+                             f"{reference.voxel_size_in_angstroms:g} Å differs from the images' {shape[-1]} at "
+                             f"{pixel:g} Å; resample it to the images' box and pixel size")
+    if args.true_poses is not None:
+        truth, _ = columns_to_poses(read_particles(args.true_poses).particles)
+        if truth.shape[0] != shape[0]:
+            raise InputError(f"--true-poses {args.true_poses}: {truth.shape[0]} poses for {shape[0]} images")
+
+
+def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: int, record: dict,
+                  clipped_note: dict | None) -> dict:
+    """Everything the run folder holds besides run.log."""
+    import pandas as pd
+
+    from cryogmm.grid import Grid
+    from cryogmm.io.mrc import write_map
+    from cryogmm.io.pseudoatoms import write_pseudoatoms_cif, write_pseudoatoms_pdb
+    from cryogmm.io.runs import write_json, write_settings
+    from cryogmm.io.star import poses_to_columns, write_particles
+    from cryogmm.mixture import evaluate, project
+    from cryogmm.report.abinitio import plot_projections, plot_restarts
+
+    settings = result.settings
+    pixel = data.pixel_size_in_angstroms
+    n = images.shape[-1]
+    # the posterior mean integrates to one; give it the images' mass (line integrals per Å^2)
+    mass = float(images.reshape(images.shape[0], -1).sum(1).mean()) * pixel**2
+    volume = result.posterior_mean * mass
+    write_map(folder / "map.mrc", volume, pixel)
+    write_pseudoatoms_pdb(folder / "pseudoatoms.pdb", result.full_mixture)
+    write_pseudoatoms_cif(folder / "pseudoatoms.cif", result.full_mixture)
+    columns = poses_to_columns(result.rotations, result.translations_in_angstroms)
+    table = pd.DataFrame({"rlnImageName": data.names, **columns, "rlnOpticsGroup": 1})
+    write_particles(folder / "orientations.star", table,
+                    {"rlnOpticsGroupName": "opticsGroup1", "rlnImagePixelSize": pixel, "rlnImageSize": n,
+                     "rlnImageDimensionality": 2, **optics_of(data)})
+    grid2 = Grid.centered((n, n), pixel)
+    projections = np.stack([evaluate(project(result.full_mixture, r, t), grid2)
+                            for r, t in zip(result.rotations, result.translations_in_angstroms)])
+    plot_projections(images, projections, folder / "projections.png", max_images=12,
+                     title=f"{Path(args.images).name}: inputs (top) and projections of the result (bottom)")
+    plot_restarts([r.trace for r in result.restarts], result.best_restart, result.refine_trace,
+                  folder / "restarts.png", refine_burn_in=settings.refine_mixture_steps + 1 + settings.refine_burn_in,
+                  title=f"{Path(args.images).name}: {settings.n_restarts} restarts, symmetry {settings.symmetry}")
+    summary = {
+        "seed": seed,
+        "images": str(args.images), "n_images": int(images.shape[0]), "box": n, "pixel_size_in_angstroms": pixel,
+        "symmetry": settings.symmetry,
+        "restart_log_posteriors": [r.log_posterior for r in result.restarts],
+        "restart_seconds": [r.seconds for r in result.restarts],
+        "chosen_restart": result.best_restart + 1,
+        "final_log_posterior": result.log_posterior,
+        "sigma_in_angstroms": result.mixture.sigma_in_angstroms,
+        "n_components": settings.n_components, "n_samples_averaged": result.n_samples,
+        "timings_in_seconds": result.timings,
+    }
+    if clipped_note:
+        summary["negative_values"] = dict(clipped_note, action="background subtracted, negatives set to zero")
+    if args.reference is not None:
+        summary["reference"] = compare_with_reference(volume, pixel, args.reference, folder)
+    if args.true_poses is not None:
+        summary["rotation_errors"] = compare_with_true_poses(result, args.true_poses)
+    write_json(folder / "summary.json", summary)
+    write_settings(folder, "abinitio", {k: v for k, v in vars(args).items() if not k.startswith("_")}
+                   | {"resolved": record}, seed)
+    return summary
+
+
+def optics_of(data) -> dict:
+    """Voltage, Cs and amplitude contrast of the input STAR's first optics group, else RELION's
+    usual values (class averages carry no CTF; RELION needs the columns)."""
+    values = {"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
+    if Path(data.path).suffix.lower() == ".star":
+        from cryogmm.io.star import read_particles
+
+        particles = read_particles(data.path).particles
+        for key in values:
+            if key in particles.columns:
+                values[key] = float(particles[key].iloc[0])
+    return values
+
+
+def compare_with_reference(volume: np.ndarray, pixel: float, reference_path: Path, folder: Path) -> dict:
+    """Align the result to the reference (rotation, shift, hand) and measure FSC and CC."""
+    from cryogmm.io.mrc import read_map
+    from cryogmm.metrics.alignment import align_maps
+    from cryogmm.metrics.correlation import cross_correlation
+    from cryogmm.metrics.fsc import fourier_shell_correlation, resolution_at
+    from cryogmm.report.fsc import plot_fsc
+
+    reference = read_map(reference_path)  # box and pixel size checked before the run
+    alignment = align_maps(reference.data, volume, pixel)
+    curve = fourier_shell_correlation(reference.data, alignment.aligned, pixel)
+    plot_fsc({"result vs reference": curve}, folder / "fsc.png")
+    return {"path": str(reference_path), "cross_correlation": cross_correlation(reference.data, alignment.aligned),
+            "fsc_0.5_in_angstroms": resolution_at(curve, 0.5), "fsc_0.143_in_angstroms": resolution_at(curve, 0.143),
+            "mirrored": bool(alignment.mirrored)}
+
+
+def compare_with_true_poses(result, star_path: Path) -> dict:
+    """Rotation errors of the chosen restart, the refinement and every restart (Eqns. 3.12-3.18)."""
+    from cryogmm.geometry.symmetry import symmetry_operators
+    from cryogmm.io.star import columns_to_poses, read_particles
+    from cryogmm.metrics.alignment import rotation_errors
+
+    truth, _ = columns_to_poses(read_particles(star_path).particles)  # count checked before the run
+    ops = symmetry_operators(result.settings.symmetry)
+
+    def describe(rotations):
+        errors = rotation_errors(rotations, truth, ops)
+        e = errors.errors_in_degrees
+        return {"within_5_degrees": int(errors.n_within(5.0)), "median_degrees": float(np.median(e)),
+                "max_degrees": float(e.max()), "mirrored": bool(errors.mirrored)}
+
+    restarts = [describe(r.rotations) for r in result.restarts]
+    return {"refinement": describe(result.rotations), "best_restart": restarts[result.best_restart],
+            "restarts": restarts}

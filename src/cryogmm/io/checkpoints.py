@@ -1,0 +1,67 @@
+"""Checkpoints of long runs: one `.npz` per named piece, written atomically, in a folder beside
+the output folder (`.NAME.checkpoint/`), so that an interrupted run resumes with `--resume` and
+a finished one leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from cryogmm.errors import InputError
+
+
+def checkpoint_dir_for(output: str | os.PathLike) -> Path:
+    output = Path(output)
+    return output.with_name(f".{output.name}.checkpoint")
+
+
+class CheckpointFolder:
+    """`save(name, arrays)` / `load(name)` of dicts of arrays, plus the settings they belong to.
+
+    A resumed run must use the same settings and seed; `check_settings` refuses otherwise.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def start(self, settings: dict, resume: bool, output_option: str = "--output") -> None:
+        """Create the folder for a new run, or check it for a resumed one."""
+        record = self.path / "settings.json"
+        if resume:
+            if not record.exists():
+                raise InputError(f"--resume: no checkpoint of an interrupted run in {self.path}; run without --resume")
+            saved = json.loads(record.read_text())
+            if saved != json.loads(json.dumps(settings, default=str)):
+                changed = sorted(k for k in set(saved) | set(settings)
+                                 if saved.get(k) != json.loads(json.dumps(settings.get(k), default=str)))
+                raise InputError(f"--resume: the settings differ from the interrupted run's ({', '.join(changed)}); "
+                                 "use the same options, or start over with --force")
+            return
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
+        tmp = record.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(settings, indent=2, default=str))
+        os.replace(tmp, record)
+
+    def exists(self) -> bool:
+        return (self.path / "settings.json").exists()
+
+    def save(self, name: str, arrays: dict) -> None:
+        tmp = self.path / f"{name}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.path / f"{name}.npz")
+
+    def load(self, name: str) -> dict | None:
+        file = self.path / f"{name}.npz"
+        if not file.exists():
+            return None
+        with np.load(file, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -1,0 +1,109 @@
+"""Input images for inference: an MRC stack, a STAR file of particles or class averages, or
+point clouds (`.npz` of (N, 2) arrays in pixels, one per image) turned into count images."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cryogmm.errors import InputError
+from cryogmm.io.mrc import read_stack
+from cryogmm.io.star import format_image_name, load_images, read_particles
+
+MIN_IMAGES = 3
+
+
+@dataclass(frozen=True)
+class InputImages:
+    """images (P, n, n) float64 [y, x]; names: one RELION image name per image; counts: the images
+    are integer counts (point clouds) and must not be rescaled."""
+
+    images: np.ndarray
+    pixel_size_in_angstroms: float
+    names: list[str]
+    path: Path
+    counts: bool = False
+
+
+def _point_clouds(path: Path, pixel_size_in_angstroms: float | None) -> InputImages:
+    if pixel_size_in_angstroms is None:
+        raise InputError(f"{path}: point clouds carry no pixel size; pass --pixel-size")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = sorted(data.files, key=lambda k: (len(k), k))
+            clouds = [np.asarray(data[k], dtype=np.float64) for k in keys]
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npz of point clouds ({exc})") from exc
+    if not clouds or any(c.ndim != 2 or c.shape[1] != 2 or c.shape[0] == 0 for c in clouds):
+        raise InputError(f"{path}: every array must be an (N, 2) point cloud in pixels")
+    if any(not np.all(np.isfinite(c)) for c in clouds):
+        raise InputError(f"{path}: point clouds contain NaN or infinite coordinates")
+    # centre each cloud on its centre of mass (thesis 5.3.2) and bin it on a common square grid
+    centred = [c - c.mean(0) for c in clouds]
+    radius = max(float(np.abs(c).max()) for c in centred)
+    box = 2 * int(np.ceil(radius)) + 4
+    images = np.zeros((len(clouds), box, box))
+    for i, c in enumerate(centred):
+        ix = np.rint(c[:, 0]).astype(int) + box // 2
+        iy = np.rint(c[:, 1]).astype(int) + box // 2
+        np.add.at(images[i], (iy, ix), 1.0)
+    names = [f"{k}@{path.name}" for k in keys]
+    return InputImages(images, float(pixel_size_in_angstroms), names, path, counts=True)
+
+
+def read_input_images(path: str | os.PathLike, pixel_size_in_angstroms: float | None = None) -> InputImages:
+    """Read images for `abinitio`/`reconstruct`: `.mrcs`/`.mrc` stack, `.star`, or `.npz` clouds.
+
+    Refuses (InputError): missing files, non-square images, fewer than 3 images, NaN/inf,
+    all-zero images.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        result = _point_clouds(path, pixel_size_in_angstroms)
+    elif suffix == ".star":
+        table = read_particles(path)
+        images, pixel = load_images(table, pixel_size_in_angstroms=pixel_size_in_angstroms)
+        result = InputImages(images.astype(np.float64), pixel,
+                             table.particles["rlnImageName"].astype(str).tolist(), path)
+    else:
+        stack = read_stack(path, pixel_size_in_angstroms)
+        names = [format_image_name(i, str(path)) for i in range(stack.data.shape[0])]
+        result = InputImages(stack.data.astype(np.float64), stack.voxel_size_in_angstroms, names, path)
+    images = result.images
+    if images.shape[1] != images.shape[2]:
+        raise InputError(f"{path}: images are {images.shape[2]} x {images.shape[1]} pixels; they must be "
+                         "square (pad or crop them to a square box)")
+    if images.shape[0] < MIN_IMAGES:
+        raise InputError(f"{path}: {images.shape[0]} image(s); at least {MIN_IMAGES} are needed to infer "
+                         "orientations (25 or more work best)")
+    empty = np.flatnonzero(~np.any(images.reshape(images.shape[0], -1), axis=1))
+    if empty.size:
+        raise InputError(f"{path}: image(s) {', '.join(str(i + 1) for i in empty[:5])} are all zero; "
+                         "remove them")
+    return result
+
+
+def negative_part(images: np.ndarray) -> tuple[int, float]:
+    """Number of clearly negative pixels (below -1e-6 of the largest value) and their share of
+    the absolute mass."""
+    scale = float(np.abs(images).max())
+    negative = images < -1e-6 * scale
+    mass = float(np.abs(images).sum())
+    return int(negative.sum()), float(-images[negative].sum() / mass) if mass > 0 else 0.0
+
+
+def clip_negatives(images: np.ndarray) -> np.ndarray:
+    """Subtract each image's background level (median of its outermost ring of pixels) and set
+    what is still negative to zero."""
+    images = np.asarray(images, dtype=np.float64)
+    n = images.shape[-1]
+    y, x = np.indices((n, n)) - n // 2
+    ring = np.hypot(x, y) >= 0.45 * n
+    background = np.median(images[:, ring], axis=1)
+    return np.clip(images - background[:, None, None], 0.0, None)

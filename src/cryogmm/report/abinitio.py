@@ -1,0 +1,60 @@
+"""Figures of an ab initio run: restart traces and input images next to the model's projections."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cryogmm.report.plots import _save
+
+
+def plot_restarts(restart_traces: list[np.ndarray], best: int, refine_trace: np.ndarray, path: str | os.PathLike,
+                  *, refine_burn_in: int | None = None, title: str = "") -> None:
+    """Log-posterior per step of every initial-stage restart (the chosen one bold) and of the
+    refinement (burn-in shaded)."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, trace in enumerate(restart_traces):
+        trace = np.asarray(trace, dtype=float)
+        steps = np.arange(trace.size)
+        ax1.plot(steps[1:], trace[1:], lw=2.2 if i == best else 1.0, alpha=1.0 if i == best else 0.7,
+                 label=f"restart {i + 1}: {trace[-1]:.6g}" + (" (chosen)" if i == best else ""))
+    ax1.set_xlabel("Gibbs step (initial stage)")
+    ax1.set_ylabel("log-posterior")
+    ax1.legend(frameon=False, fontsize=8, loc="lower right")
+    refine = np.asarray(refine_trace, dtype=float)
+    ax2.plot(np.arange(1, refine.size), refine[1:], color="k", lw=1)
+    if refine_burn_in:
+        ax2.axvspan(0, refine_burn_in, color="0.9", zorder=0, label="before sampling")
+        ax2.legend(frameon=False, fontsize=8, loc="lower right")
+    ax2.set_xlabel("Gibbs step (refinement)")
+    ax2.set_ylabel("log-posterior")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_projections(images: np.ndarray, projections: np.ndarray, path: str | os.PathLike, *,
+                     labels: list[str] | None = None, max_images: int = 12, title: str = "") -> None:
+    """Pairs of columns: each input image (top) above the projection of the result along its
+    estimated pose (bottom), each pair on its own grey scale."""
+    n = min(len(images), max_images)
+    cols = min(n, 6)
+    rows = 2 * int(np.ceil(n / cols))
+    fig = Figure(figsize=(1.6 * cols, 1.6 * rows + 0.4), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i in range(n):
+        r, c = 2 * (i // cols), i % cols
+        for j, (image, name) in enumerate(((images[i], "input"), (projections[i], "model"))):
+            ax = axes[r + j, c]
+            ax.imshow(image, cmap="gray", origin="lower")
+            ax.set_title(f"{labels[i] if labels else i + 1} {name}", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)

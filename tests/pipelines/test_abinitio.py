@@ -1,0 +1,101 @@
+"""The ab initio pipeline: checkpoints and resume, restart ranking, settings validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cryogmm.geometry.so3 import random_rotations
+from cryogmm.io.checkpoints import CheckpointFolder
+from cryogmm.pipelines.abinitio import AbinitioSettings, images_to_counts, run_abinitio
+from cryogmm.simulate.images import project_atoms
+from cryogmm.simulate.phantom import asymmetric_phantom
+
+TINY = dict(n_restarts=2, n_components_initial=20, initial_box=16, initial_counts=500, n_rotations=100,
+            n_cycles=2, mixture_steps=5, rotation_steps=2, local_candidates=10, n_components=40,
+            refine_counts=2000, refine_mixture_steps=5, refine_steps=20, refine_burn_in=10, refine_thin=5,
+            checkpoint_every=7)
+
+
+@pytest.fixture(scope="module")
+def phantom_images():
+    coordinates, z = asymmetric_phantom(1500)
+    rotations = random_rotations(np.random.default_rng(5), 8)
+    return project_atoms(coordinates, z, rotations, None, 20.0, 24, 6.0, dtype=np.float64), rotations
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptingCheckpoint(CheckpointFolder):
+    """Raises after `limit` saves, as a killed run would stop after its last checkpoint."""
+
+    def __init__(self, path, limit):
+        super().__init__(path)
+        self.limit = limit
+        self.saves = 0
+
+    def save(self, name, arrays):
+        super().save(name, arrays)
+        self.saves += 1
+        if self.saves >= self.limit:
+            raise Interrupt(name)
+
+
+@pytest.mark.parametrize("limit", [1, 4])
+def test_resume_gives_the_uninterrupted_result(tmp_path, phantom_images, limit):
+    images, _ = phantom_images
+    settings = AbinitioSettings(**TINY)
+    reference = run_abinitio(images, 6.0, settings, seed=3)
+    folder = InterruptingCheckpoint(tmp_path / "ckpt", limit)
+    folder.start({"seed": 3}, resume=False)
+    with pytest.raises(Interrupt):
+        run_abinitio(images, 6.0, settings, seed=3, checkpoint=folder)
+    # limit 1: one restart saved; limit 4: both restarts and two refinement checkpoints
+    resumed = run_abinitio(images, 6.0, settings, seed=3, checkpoint=CheckpointFolder(tmp_path / "ckpt"))
+    assert resumed.best_restart == reference.best_restart
+    np.testing.assert_array_equal([r.log_posterior for r in resumed.restarts],
+                                  [r.log_posterior for r in reference.restarts])
+    np.testing.assert_array_equal(resumed.rotations, reference.rotations)
+    np.testing.assert_array_equal(resumed.posterior_mean, reference.posterior_mean)
+    np.testing.assert_array_equal(resumed.refine_trace, reference.refine_trace)
+
+
+def test_same_seed_same_result_and_best_restart_has_highest_log_posterior(phantom_images):
+    images, _ = phantom_images
+    settings = AbinitioSettings(**TINY)
+    a = run_abinitio(images, 6.0, settings, seed=11)
+    b = run_abinitio(images, 6.0, settings, seed=11, jobs=2)  # restarts in worker processes
+    np.testing.assert_array_equal(a.posterior_mean, b.posterior_mean)
+    lps = [r.log_posterior for r in a.restarts]
+    assert a.best_restart == int(np.argmax(lps))
+    assert a.posterior_mean.shape == (24, 24, 24)
+    assert np.all(np.isfinite(a.posterior_mean)) and a.posterior_mean.min() >= 0
+    assert a.n_samples == 2  # steps 15 and 20 after a burn-in of 10, thinned by 5
+
+
+def test_symmetric_run_gives_a_symmetric_map(phantom_images):
+    images, _ = phantom_images
+    result = run_abinitio(images, 6.0, AbinitioSettings(symmetry="C4", **TINY), seed=2)
+    volume = result.posterior_mean
+    assert result.full_mixture.n_components == 4 * result.mixture.n_components
+    # C4 about z through voxel 12: a quarter turn of the odd-sized crop centred there leaves it unchanged
+    odd = volume[1:, 1:, 1:]
+    np.testing.assert_allclose(np.rot90(odd, 1, axes=(1, 2)), odd, atol=1e-6 * volume.max())
+    assert not np.allclose(np.rot90(odd, 1, axes=(0, 1)), odd, atol=0.05 * volume.max())
+
+
+def test_images_to_counts_downsamples_and_discretises(phantom_images):
+    images, _ = phantom_images
+    data = images_to_counts(images, 6.0, 12, 1000)
+    assert data.counts.shape == (8, 12, 12)
+    assert data.pixel_size_in_angstroms == pytest.approx(12.0)
+    np.testing.assert_allclose(data.counts.reshape(8, -1).sum(1), 1000, atol=30)
+
+
+@pytest.mark.parametrize("bad", [dict(n_restarts=0), dict(refine_burn_in=30, refine_steps=20), dict(symmetry="X3"),
+                                 dict(mixture_steps=-1)])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        AbinitioSettings(**{**TINY, **bad})

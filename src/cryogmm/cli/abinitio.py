@@ -215,7 +215,7 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     from cryogmm.io.pseudoatoms import write_pseudoatoms_cif, write_pseudoatoms_pdb
     from cryogmm.io.runs import write_json, write_settings
     from cryogmm.io.star import poses_to_columns, write_particles
-    from cryogmm.mixture import evaluate, project
+    from cryogmm.mixture import GaussianMixture, evaluate, project
     from cryogmm.report.abinitio import plot_projections, plot_restarts
 
     settings = result.settings
@@ -225,8 +225,11 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     mass = float(images.reshape(images.shape[0], -1).sum(1).mean()) * pixel**2
     volume = result.posterior_mean * mass
     write_map(folder / "map.mrc", volume, pixel)
-    write_pseudoatoms_pdb(folder / "pseudoatoms.pdb", result.full_mixture)
-    write_pseudoatoms_cif(folder / "pseudoatoms.cif", result.full_mixture)
+    # map.mrc has MRC origin 0, so the rotation centre (mixture coordinate 0) is at (n // 2) * pixel
+    full = result.full_mixture
+    moved = GaussianMixture(full.means_in_angstroms + (n // 2) * pixel, full.weights, full.precision_per_square_angstrom)
+    write_pseudoatoms_pdb(folder / "pseudoatoms.pdb", moved)
+    write_pseudoatoms_cif(folder / "pseudoatoms.cif", moved)
     columns = poses_to_columns(result.rotations, result.translations_in_angstroms)
     table = pd.DataFrame({"rlnImageName": data.names, **columns, "rlnOpticsGroup": 1})
     write_particles(folder / "orientations.star", table,

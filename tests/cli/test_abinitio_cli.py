@@ -1,0 +1,163 @@
+"""`cryogmm abinitio` end to end on a tiny phantom data set, resume, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryogmm.cli import main
+from cryogmm.geometry.so3 import random_rotations
+from cryogmm.io.mrc import read_map, write_stack
+from cryogmm.io.star import format_image_name, poses_to_columns, read_particles, write_particles
+from cryogmm.simulate.images import project_atoms
+from cryogmm.simulate.phantom import asymmetric_phantom
+
+PIXEL = 6.0
+BOX = 24
+OUTPUTS = {"map.mrc", "pseudoatoms.pdb", "pseudoatoms.cif", "orientations.star", "summary.json", "restarts.png",
+           "projections.png", "settings.json", "run.log"}
+TINY = ["--restarts", "2", "--jobs", "1", "--components-initial", "20", "--components", "40", "--initial-box", "16",
+        "--initial-counts", "500", "--counts", "2000", "--rotations", "100", "--cycles", "2", "--refine-steps", "20",
+        "--burn-in", "10", "--thin", "5", "--quiet"]
+OPTICS = {"rlnOpticsGroupName": "opticsGroup1", "rlnImagePixelSize": PIXEL, "rlnImageSize": BOX,
+          "rlnImageDimensionality": 2, "rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
+
+
+@pytest.fixture(scope="module")
+def images():
+    coordinates, z = asymmetric_phantom(1500)
+    rotations = random_rotations(np.random.default_rng(4), 8)
+    return project_atoms(coordinates, z, rotations, None, 20.0, BOX, PIXEL, dtype=np.float64), rotations
+
+
+@pytest.fixture
+def stack(tmp_path, images):
+    path = tmp_path / "averages.mrcs"
+    write_stack(path, images[0], PIXEL)
+    return path
+
+
+def _star(tmp_path, stack, rotations, name="averages.star", pixel=PIXEL):
+    names = [format_image_name(i, stack.name) for i in range(rotations.shape[0])]
+    path = tmp_path / name
+    write_particles(path, pd.DataFrame({"rlnImageName": names, **poses_to_columns(rotations), "rlnOpticsGroup": 1}),
+                    {**OPTICS, "rlnImagePixelSize": pixel})
+    return path
+
+
+def test_abinitio_writes_every_output(tmp_path, stack, images):
+    out = tmp_path / "run"
+    poses = _star(tmp_path, stack, images[1])
+    assert main(["abinitio", str(stack), "--seed", "3", "--true-poses", str(poses), "--output", str(out)] + TINY) == 0
+    assert set(p.name for p in out.iterdir()) == OUTPUTS
+    assert not (tmp_path / ".run.checkpoint").exists()  # removed once the run is complete
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed"] == 3 and len(summary["restart_log_posteriors"]) == 2
+    assert summary["chosen_restart"] == 1 + int(np.argmax(summary["restart_log_posteriors"]))
+    assert summary["rotation_errors"]["refinement"]["median_degrees"] >= 0
+    from cryogmm.grid import Grid
+    from cryogmm.io.pseudoatoms import read_pseudoatoms
+    from cryogmm.metrics.correlation import cross_correlation
+    from cryogmm.mixture import evaluate
+
+    volume = read_map(out / "map.mrc")
+    # the pseudo-atoms overlay the map: evaluated on the map's grid (origin 0) they match its shape
+    atoms = read_pseudoatoms(out / "pseudoatoms.pdb")
+    assert cross_correlation(evaluate(atoms, Grid((BOX,) * 3, PIXEL, (0.0, 0.0, 0.0))), volume.data) > 0.9
+    assert volume.data.shape == (BOX,) * 3 and volume.voxel_size_in_angstroms == pytest.approx(PIXEL)
+    table = read_particles(out / "orientations.star")
+    assert table.particles["rlnImageName"].tolist() == [format_image_name(i, str(stack)) for i in range(8)]
+    assert table.pixel_size_in_angstroms == pytest.approx(PIXEL)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["seed"] == 3
+
+
+def test_resume_after_interruption_matches(tmp_path, stack):
+    """A run killed after its checkpoints were written continues with --resume to the same map."""
+    from cryogmm.io.checkpoints import checkpoint_dir_for
+
+    full = tmp_path / "full"
+    assert main(["abinitio", str(stack), "--seed", "8", "--output", str(full)] + TINY) == 0
+    # replay an interrupted run: the checkpoints of a complete run, minus the refinement's last
+    # one and one restart, are what a run killed mid-way leaves
+    out = tmp_path / "cut"
+    import cryogmm.io.checkpoints as checkpoints
+
+    original = checkpoints.CheckpointFolder.remove
+    checkpoints.CheckpointFolder.remove = lambda self: None  # keep them as if the run had died
+    try:
+        assert main(["abinitio", str(stack), "--seed", "8", "--output", str(out)] + TINY) == 0
+    finally:
+        checkpoints.CheckpointFolder.remove = original
+    folder = checkpoint_dir_for(out)
+    (folder / "restart_1.npz").unlink()
+    import shutil
+
+    shutil.rmtree(out)
+    assert main(["abinitio", str(stack), "--seed", "8", "--output", str(out)] + TINY) == 2  # needs --resume
+    assert main(["abinitio", str(stack), "--seed", "8", "--output", str(out), "--resume"] + TINY) == 0
+    np.testing.assert_array_equal(read_map(out / "map.mrc").data, read_map(full / "map.mrc").data)
+    assert not folder.exists()
+
+
+def _expect_refusal(capsys, argv, fragment, tmp_path, out="run"):
+    assert main(argv + ["--output", str(tmp_path / out)] + TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err, err
+    assert not (tmp_path / out).exists()
+    assert not (tmp_path / f".{out}.checkpoint").exists()
+
+
+def test_bad_inputs_are_refused(tmp_path, images, capsys):
+    stack = images[0]
+    cases = {
+        "square": stack[:, :, :-2],
+        "at least 3": stack[:2],
+        "all zero": np.concatenate([stack[:3], np.zeros((1, BOX, BOX))]),
+        "negative": stack - 0.1 * stack.max(),
+    }
+    for fragment, data in cases.items():
+        path = tmp_path / f"{fragment.replace(' ', '_')}.mrcs"
+        write_stack(path, data, PIXEL)
+        _expect_refusal(capsys, ["abinitio", str(path)], fragment, tmp_path)
+    nan = stack.copy()
+    nan[0, 3, 3] = np.nan
+    with pytest.warns(RuntimeWarning, match="NaN"):  # mrcfile warns when it writes the header
+        write_stack(tmp_path / "nan.mrcs", nan, PIXEL)
+    _expect_refusal(capsys, ["abinitio", str(tmp_path / "nan.mrcs")], "NaN", tmp_path)
+    good = tmp_path / "good.mrcs"
+    write_stack(good, stack, PIXEL)
+    _expect_refusal(capsys, ["abinitio", str(good), "--symmetry", "X3"], "X3", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(tmp_path / "missing.mrcs")], "missing.mrcs", tmp_path)
+    star = _star(tmp_path, good, images[1], "wrong_pixel.star", pixel=2 * PIXEL)
+    _expect_refusal(capsys, ["abinitio", str(star)], "disagrees", tmp_path)
+    unresolved = _star(tmp_path, tmp_path / "elsewhere.mrcs", images[1], "unresolved.star")
+    _expect_refusal(capsys, ["abinitio", str(unresolved)], "elsewhere.mrcs", tmp_path)
+    (tmp_path / "exists").mkdir()
+    _expect_refusal_existing = main(["abinitio", str(good), "--output", str(tmp_path / "exists")] + TINY)
+    assert _expect_refusal_existing == 2 and "--force" in capsys.readouterr().err
+
+
+def test_negative_images_run_with_clip_negatives(tmp_path, images):
+    path = tmp_path / "negative.mrcs"
+    write_stack(path, images[0] - 0.05 * images[0].max(), PIXEL)
+    out = tmp_path / "clipped"
+    assert main(["abinitio", str(path), "--clip-negatives", "--seed", "1", "--output", str(out)] + TINY) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["negative_values"]["negative_pixels"] > 0
+
+
+def test_point_clouds_are_binned_into_count_images(tmp_path):
+    rng = np.random.default_rng(0)
+    clouds = {str(i): rng.normal([40.0, 50.0], [4.0 + i % 3, 6.0], (500, 2)) for i in range(6)}
+    path = tmp_path / "clouds.npz"
+    np.savez(path, **clouds)
+    from cryogmm.io.images import read_input_images
+
+    data = read_input_images(path, 3.0)
+    assert data.counts and data.images.shape[0] == 6 and data.images.shape[1] == data.images.shape[2]
+    np.testing.assert_array_equal(data.images.reshape(6, -1).sum(1), 500)
+    assert main(["abinitio", str(path), "--output", str(tmp_path / "x")] + TINY) == 2  # no pixel size

@@ -19,6 +19,7 @@ symmetric copies), orientations.star (estimated poses in RELION's convention wit
 names), summary.json (settings, seed, per-restart log-posteriors, chosen restart, component size,
 timings; with --reference: aligned FSC and cross-correlation; with --true-poses: rotation errors),
 restarts.png (log-posterior traces), projections.png (inputs next to projections of the result),
+restarts/restart_N.star (each restart's orientations at the end of the initial stage),
 settings.json, run.log. An interrupted run keeps its checkpoints in DIR's sibling
 .DIR.checkpoint/ and continues with --resume (same options and seed).
 
@@ -230,11 +231,16 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     moved = GaussianMixture(full.means_in_angstroms + (n // 2) * pixel, full.weights, full.precision_per_square_angstrom)
     write_pseudoatoms_pdb(folder / "pseudoatoms.pdb", moved)
     write_pseudoatoms_cif(folder / "pseudoatoms.cif", moved)
+    optics = {"rlnOpticsGroupName": "opticsGroup1", "rlnImagePixelSize": pixel, "rlnImageSize": n,
+              "rlnImageDimensionality": 2, **optics_of(data)}
     columns = poses_to_columns(result.rotations, result.translations_in_angstroms)
     table = pd.DataFrame({"rlnImageName": data.names, **columns, "rlnOpticsGroup": 1})
-    write_particles(folder / "orientations.star", table,
-                    {"rlnOpticsGroupName": "opticsGroup1", "rlnImagePixelSize": pixel, "rlnImageSize": n,
-                     "rlnImageDimensionality": 2, **optics_of(data)})
+    write_particles(folder / "orientations.star", table, optics)
+    # each restart's rotations at the end of the initial stage (alternative solutions, diagnostics)
+    (folder / "restarts").mkdir()
+    for r in result.restarts:
+        table = pd.DataFrame({"rlnImageName": data.names, **poses_to_columns(r.rotations), "rlnOpticsGroup": 1})
+        write_particles(folder / "restarts" / f"restart_{r.index + 1}.star", table, optics)
     grid2 = Grid.centered((n, n), pixel)
     projections = np.stack([evaluate(project(result.full_mixture, r, t), grid2)
                             for r, t in zip(result.rotations, result.translations_in_angstroms)])

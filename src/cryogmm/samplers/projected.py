@@ -293,7 +293,7 @@ def global_log_likelihoods(sampler: ProjectedGibbsSampler, mixture: GaussianMixt
     counts = sampler.data.counts.astype(np.float64)
     p, n = counts.shape[0], counts.shape[1]
     w = int(max_shift_in_pixels)
-    offsets = np.arange(-w, w + 1) % n
+    offsets = -np.arange(-w, w + 1) % n  # corr[tau] = sum_x y(x) log h(x + tau): shift t is at tau = -t
     table = np.empty((p, rotations.shape[0], (2 * w + 1) ** 2))
     counts_f = np.conj(np.fft.rfft2(counts)) if w > 0 else None
     for start in range(0, rotations.shape[0], chunk):

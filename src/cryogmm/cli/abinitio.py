@@ -53,8 +53,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="processes for the restarts (default: the number of CPU cores, at most --restarts)")
     parser.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
                         help="run the restarts on an existing Dask cluster (needs dask.distributed)")
-    parser.add_argument("--components-initial", type=int, default=100, help="K in the initial stage (default 100)")
-    parser.add_argument("--components", type=int, default=1000, help="K in the refinement (default 1000)")
+    parser.add_argument("--components-initial", type=int, default=100,
+                        help="K in the initial stage, whole particle (default 100; K / |G| in the asymmetric unit)")
+    parser.add_argument("--components", type=int, default=1000,
+                        help="K in the refinement, whole particle (default 1000; K / |G| in the asymmetric unit)")
     parser.add_argument("--initial-box", type=int, default=32, help="image size in the initial stage (default 32)")
     parser.add_argument("--initial-counts", type=int, default=1000, help="counts per image in the initial stage (default 1000)")
     parser.add_argument("--counts", type=int, default=10000, help="counts per image in the refinement (default 10000)")

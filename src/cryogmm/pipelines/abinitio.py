@@ -138,6 +138,12 @@ def _set_rng_state(rng: np.random.Generator, value) -> None:
     rng.bit_generator.state = json.loads(str(value))
 
 
+def asymmetric_unit_components(n_components: int, symmetry: str) -> int:
+    """Components sampled in the asymmetric unit so that the whole model has about `n_components`
+    (K / |G|, at least 4): K counts the pseudo-atoms of the full particle."""
+    return max(4, int(round(n_components / symmetry_operators(symmetry).shape[0])))
+
+
 def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCounts,
                 settings: AbinitioSettings, progress: bool = False) -> RestartResult:
     """One run of the initial stage (Fig. 3.16); a top-level function so that it can run in a
@@ -146,9 +152,10 @@ def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCo
     rng = np.random.default_rng(seed_sequence)
     ops = symmetry_operators(settings.symmetry)
     prior = default_projection_prior(data)
-    mixture_sampler = ProjectedGibbsSampler(data, settings.n_components_initial, prior, ops,
+    k = asymmetric_unit_components(settings.n_components_initial, settings.symmetry)
+    mixture_sampler = ProjectedGibbsSampler(data, k, prior, ops,
                                             update_mixture=True, update_rotations=False)
-    rotation_sampler = ProjectedGibbsSampler(data, settings.n_components_initial, prior, ops,
+    rotation_sampler = ProjectedGibbsSampler(data, k, prior, ops,
                                              update_mixture=False, update_rotations=True)
     state = mixture_sampler.init(rng)
     trace = []
@@ -264,11 +271,12 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
         max_shift = default_max_shift_in_angstroms(data)
     shift_pixels = int(round(max_shift / data.pixel_size_in_angstroms))
     translations = settings.refine_translations and shift_pixels > 0
-    warmup = ProjectedGibbsSampler(data, settings.n_components, prior, ops, update_mixture=True,
+    k = asymmetric_unit_components(settings.n_components, settings.symmetry)
+    warmup = ProjectedGibbsSampler(data, k, prior, ops, update_mixture=True,
                                    update_rotations=False, update_translations=False)
-    full = ProjectedGibbsSampler(data, settings.n_components, prior, ops, update_mixture=True,
+    full = ProjectedGibbsSampler(data, k, prior, ops, update_mixture=True,
                                  update_rotations=True, update_translations=translations)
-    rotation_only = ProjectedGibbsSampler(data, settings.n_components, prior, ops, update_mixture=False,
+    rotation_only = ProjectedGibbsSampler(data, k, prior, ops, update_mixture=False,
                                           update_rotations=True, update_translations=translations)
     n_box = images.shape[-1]
     grid = Grid.centered((n_box,) * 3, pixel_size_in_angstroms)

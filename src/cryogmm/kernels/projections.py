@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from cryogmm.kernels.gaussians import binned_statistics_kernel, evaluate_kernel
+from cryogmm.kernels.gaussians import _sweep, binned_statistics_kernel
 
 _NUMBA_OPTIONS = dict(nogil=True, cache=True)
 
@@ -55,5 +55,10 @@ def projected_densities_kernel(means, amplitudes, precision, origin, spacing, cu
     means : (M, K, 3) projected means (x, y, 0); out : (M, ny, nx), zeroed here.
     """
     out[...] = 0.0
+    rows = np.empty((1, out.shape[1], 2), dtype=np.int64)  # every row in full, shared by all images
+    rows[:, :, 0] = 0
+    rows[:, :, 1] = out.shape[2] - 1
     for m in range(means.shape[0]):
-        evaluate_kernel(means[m], amplitudes, precision, origin, spacing, cutoff_sigmas, out[m:m + 1])
+        image = out[m:m + 1]
+        _sweep(0, rows, image, image, image, image, image, np.empty(0), means[m], amplitudes, precision, origin,
+               spacing, cutoff_sigmas, np.empty(0), np.empty((0, 3)), np.empty(0))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cryogmm.geometry.so3 import random_rotations
 from cryogmm.grid import Grid
 from cryogmm.kernels import BinnedStatistics
 from cryogmm.kernels.gaussians import occupied_rows
@@ -187,8 +188,6 @@ class ProjectedGibbsSampler:
              ) -> ProjectedState:
         """Start from the given parts; missing ones are drawn from the prior (uniform rotations,
         zero translations), as the thesis initialises (section 3.4.1)."""
-        from cryogmm.geometry.so3 import random_rotations
-
         p = self.data.n_images
         if mixture is None:
             mixture = sample_from_prior(rng, self.prior, self.n_components)
@@ -316,8 +315,6 @@ def global_rotation_step(rng: np.random.Generator, sampler: ProjectedGibbsSample
     discrete approximation of its marginal posterior (Eqns. 3.8-3.11) over `n_rotations` fresh
     uniform rotations; with `keep_current` the images' current rotations are candidates too (so a
     rotation that is already good is not lost to the coarse table, at the price of exploration)."""
-    from cryogmm.geometry.so3 import random_rotations
-
     if max_shift_in_pixels == 0 and np.any(state.translations_in_angstroms != 0):
         raise ValueError("the global rotation table without a shift search assumes zero translations")
     candidates = random_rotations(rng, n_rotations)

@@ -1,0 +1,1 @@
+"""Forward models: how a density becomes an observed image (CTF, ...)."""

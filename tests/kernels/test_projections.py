@@ -16,7 +16,7 @@ import pytest
 from conftest import tolerance
 from cryogmm.grid import Grid
 from cryogmm.kernels import evaluate_gaussians
-from cryogmm.kernels.gaussians import occupied_rows
+from cryogmm.kernels.gaussians import n_exponentials, occupied_rows
 from cryogmm.kernels.projections import projected_densities_kernel, projected_statistics_kernel
 from cryogmm.kernels.reference import evaluate_gaussians_reference, soft_statistics_reference
 
@@ -65,12 +65,17 @@ def _case(seed: int = 0, n_images: int = 3):
 def _run(counts, grid, means, amplitudes, cutoff, rng=None):
     """Call the kernel as the sampler does (scratch memory allocated for the whole stack)."""
     origin = np.array([grid.origin_in_angstroms[0], grid.origin_in_angstroms[1], 0.0])
-    work = np.empty((5, 1) + counts.shape[1:])
-    uniforms = np.empty(int(counts.reshape(counts.shape[0], -1).sum(1).max()))
+    per_image = counts.reshape(counts.shape[0], -1).astype(np.int64)
+    work = np.empty((counts.shape[0], 5, 1) + counts.shape[1:])
+    uniform_offsets = np.concatenate([[0], np.cumsum(per_image.sum(1))])
+    draws = np.array([n_exponentials(c) for c in counts])
+    assert np.array_equal(draws, per_image.sum(1) + (per_image > 0).sum(1))
+    exponential_offsets = np.concatenate([[0], np.cumsum(draws)])
     sample = rng is not None
-    generator = rng if sample else np.random.default_rng(0)
+    exponentials = rng.standard_exponential(exponential_offsets[-1]) if sample else np.empty(0)
     return projected_statistics_kernel(counts, occupied_rows(counts), means, amplitudes, PRECISION, origin,
-                                       SPACING, cutoff, generator, sample, work, uniforms)
+                                       SPACING, cutoff, exponentials, exponential_offsets, sample, work,
+                                       np.empty(uniform_offsets[-1]), uniform_offsets)
 
 
 def _responsibilities(counts_i, grid, means_i, amplitudes, cutoff):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryogmm.grid import Grid
-from cryogmm.kernels.gaussians import binned_statistics_kernel, evaluate_kernel, occupied_rows
+from cryogmm.kernels.gaussians import binned_statistics_kernel, evaluate_kernel, n_exponentials, occupied_rows
 
 __all__ = ["BinnedStatistics", "BinnedWorkspace", "binned_statistics", "evaluate_gaussians", "as_3d"]
 
@@ -91,6 +91,7 @@ class BinnedWorkspace:
         self.rows = occupied_rows(self.counts)
         self.work = np.empty((5,) + shape3)
         self.uniforms = np.empty(int(counts.sum(dtype=np.int64)))
+        self.n_exponentials = int(n_exponentials(self.counts))
 
 
 def binned_statistics(
@@ -115,7 +116,7 @@ def binned_statistics(
     if workspace is None or workspace.counts.shape != counts3.shape:
         workspace = BinnedWorkspace(counts3)
     sample = rng is not None
-    generator = rng if sample else np.random.default_rng(0)  # unused when not sampling
+    exponentials = rng.standard_exponential(workspace.n_exponentials) if sample else np.empty(0)
     # Visit components in a spatial order (cells of one cut-off radius) so that consecutive
     # components touch overlapping parts of the grid (cache reuse); any order is exact.
     cell = cutoff_sigmas / np.sqrt(precision)
@@ -123,7 +124,7 @@ def binned_statistics(
     order = np.lexsort((c[:, 0], c[:, 1], c[:, 2]))
     n_k, s_k, q_k, loglik, lost = binned_statistics_kernel(
         counts3, workspace.rows, means3[order], np.ascontiguousarray(np.asarray(amplitudes, dtype=np.float64)[order]),
-        float(precision), origin3, grid.spacing_in_angstroms, float(cutoff_sigmas), generator, sample,
+        float(precision), origin3, grid.spacing_in_angstroms, float(cutoff_sigmas), exponentials, sample,
         workspace.work, workspace.uniforms)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)

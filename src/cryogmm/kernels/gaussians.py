@@ -58,7 +58,7 @@ def evaluate_kernel(means, amplitudes, precision, origin, spacing, cutoff_sigmas
 
 @numba.njit(**_NUMBA_OPTIONS)
 def binned_statistics_kernel(
-    counts, rows, means, amplitudes, precision, origin, spacing, cutoff_sigmas, rng, sample, work, uniforms
+    counts, rows, means, amplitudes, precision, origin, spacing, cutoff_sigmas, exponentials, sample, work, uniforms
 ):
     """Assignments of binned counts to components and their sufficient statistics.
 
@@ -70,6 +70,10 @@ def binned_statistics_kernel(
 
     `rows` is `occupied_rows(counts)`. `work` is scratch memory of shape (5, nz, ny, nx) and `uniforms` scratch of at least
     sum(counts) elements (when sampling); reusing them between calls saves allocating ~5 grids.
+    `exponentials` holds standard exponential draws, consumed in grid order, at least
+    `n_exponentials(counts)` = sum(counts) + number of occupied points of them when sampling (the
+    caller draws them with its generator, so the kernel holds no random state and many calls can
+    run in parallel).
 
     Returns
     -------
@@ -99,6 +103,7 @@ def binned_statistics_kernel(
     flat_end = end_index.ravel()
     if sample and uniforms.size < n_total:
         raise ValueError("the uniforms buffer is smaller than the number of counts")
+    used = 0
     log_likelihood = 0.0
     n_unassigned = 0
     position = 0
@@ -113,11 +118,14 @@ def binned_statistics_kernel(
         log_likelihood += y * math.log(t)
         if sample:
             # order statistics of y uniforms: normalised partial sums of y + 1 exponentials
+            if used + y + 1 > exponentials.size:
+                raise ValueError("too few exponential draws for the counts")
             acc = 0.0
             for l in range(y):
-                acc += rng.standard_exponential()
+                acc += exponentials[used + l]
                 uniforms[position + l] = acc
-            acc += rng.standard_exponential()
+            acc += exponentials[used + y]
+            used += y + 1
             for l in range(y):
                 uniforms[position + l] *= t * _UNIFORM_SCALE / acc
             flat_value[j] = uniforms[position]
@@ -139,6 +147,17 @@ def binned_statistics_kernel(
             if flat_value[j] < np.inf and flat_total[j] > 0.0:
                 n_unassigned += int(flat_end[j] - flat_index[j])
     return n_k, s_k, q_k, log_likelihood, n_unassigned
+
+
+@numba.njit(**_NUMBA_OPTIONS)
+def n_exponentials(counts):
+    """Exponential draws `binned_statistics_kernel` needs to sample these counts: sum + occupied points."""
+    total = 0
+    flat = counts.ravel()
+    for j in range(flat.size):
+        if flat[j] > 0:
+            total += flat[j] + 1
+    return total
 
 
 @numba.njit(**_NUMBA_OPTIONS)

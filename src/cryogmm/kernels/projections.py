@@ -1,9 +1,9 @@
 """Numba kernels for many 2D images at once: projected mixtures (thesis 2.4, 3.3, 3.5).
 
 Each image i has its own set of projected means (the 3D means rotated by R_i and shifted by t_i);
-the kernels loop over images inside compiled code, reusing the single-grid kernels of
-`cryogmm.kernels.gaussians` on a `(1, ny, nx)` view of each image, so a Gibbs step over 25-100
-images costs one call from Python.
+the kernels loop over images inside compiled code (in parallel threads for the statistics),
+reusing the single-grid kernels of `cryogmm.kernels.gaussians` on a `(1, ny, nx)` view of each
+image, so a Gibbs step over 25-100 images costs one call from Python.
 """
 
 from __future__ import annotations
@@ -16,15 +16,21 @@ from cryogmm.kernels.gaussians import _sweep, binned_statistics_kernel
 _NUMBA_OPTIONS = dict(nogil=True, cache=True)
 
 
-@numba.njit(**_NUMBA_OPTIONS)
+@numba.njit(parallel=True, **_NUMBA_OPTIONS)
 def projected_statistics_kernel(counts, rows, means, amplitudes, precision, origin, spacing, cutoff_sigmas,
-                                rng, sample, work, uniforms):
+                                exponentials, exponential_offsets, sample, work, uniforms, uniform_offsets):
     """Assignment statistics of every image's counts to that image's projected components.
 
     counts : (P, ny, nx) int32; rows : (P, ny, 2) from `occupied_rows(counts)`;
     means : (P, K, 3) float64, projected means (x, y, 0) in Å of each image;
-    amplitudes : (K,); origin : (3,) (x, y, 0) of pixel [0, 0]; work : (5, 1, ny, nx) scratch;
-    uniforms : scratch of at least max_i sum(counts[i]) elements.
+    amplitudes : (K,); origin : (3,) (x, y, 0) of pixel [0, 0]; work : (P, 5, 1, ny, nx) scratch;
+    exponentials : standard exponential draws, image i using
+    exponentials[exponential_offsets[i]:exponential_offsets[i + 1]] (at least `n_exponentials`
+    of its counts; unused when not sampling); uniforms : scratch, image i using
+    uniforms[uniform_offsets[i]:uniform_offsets[i + 1]] (at least its number of counts).
+
+    Images are processed in parallel (numba threads); every image has its own scratch and its
+    own slice of the random draws, so the result does not depend on the number of threads.
 
     Returns n (P, K), s (P, K, 2) sums of n (v - m_ik), q (P, K) sums of n |v - m_ik|^2,
     log_likelihood (P,) and n_unassigned (P,) (see `binned_statistics_kernel`).
@@ -35,10 +41,14 @@ def projected_statistics_kernel(counts, rows, means, amplitudes, precision, orig
     q = np.zeros((n_images, n_components))
     log_likelihood = np.zeros(n_images)
     lost = np.zeros(n_images, dtype=np.int64)
-    for i in range(n_images):
+    for i in numba.prange(n_images):
+        if sample:
+            draws = exponentials[exponential_offsets[i]:exponential_offsets[i + 1]]
+        else:
+            draws = exponentials[:0]
         n_k, s_k, q_k, ll, n_lost = binned_statistics_kernel(
             counts[i:i + 1], rows[i:i + 1], means[i], amplitudes, precision, origin, spacing,
-            cutoff_sigmas, rng, sample, work, uniforms)
+            cutoff_sigmas, draws, sample, work[i], uniforms[uniform_offsets[i]:uniform_offsets[i + 1]])
         n[i] = n_k
         s[i, :, 0] = s_k[:, 0]
         s[i, :, 1] = s_k[:, 1]

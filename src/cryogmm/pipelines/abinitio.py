@@ -237,9 +237,16 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
         for result in map_restarts(lambda i: run_restart(i, seeds[i], initial, settings), todo):
             finished(result)
     elif todo and jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        import os
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
+        workers = min(jobs, len(todo))
+        # spawned, not forked: the parent's numba threads (OpenMP) do not survive a fork; the
+        # cores are shared out between the workers' threads
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(threads,)) as pool:
             futures = [pool.submit(run_restart, i, seeds[i], initial, settings) for i in todo]
             for future in tqdm(as_completed(futures), total=len(futures), desc="restarts", disable=not progress,
                                leave=False, unit="restart"):
@@ -258,6 +265,12 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
     timings["total_seconds"] = time.perf_counter() - t0
     return AbinitioResult(settings=settings, restarts=[restarts[i] for i in range(settings.n_restarts)],
                           best_restart=best.index, timings=timings, **refine)
+
+
+def _init_worker(n_threads: int) -> None:
+    import numba
+
+    numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_sequence, best: RestartResult,

@@ -33,7 +33,7 @@ from cryogmm.grid import Grid
 from cryogmm.kernels import BinnedStatistics
 from cryogmm.kernels.gaussians import occupied_rows
 from cryogmm.kernels.projections import projected_densities_kernel, projected_statistics_kernel
-from cryogmm.mixture import DEFAULT_CUTOFF_SIGMAS, GaussianMixture, MixturePrior, log_prior, sample_from_prior
+from cryogmm.mixture import GaussianMixture, MixturePrior, log_prior, sample_from_prior
 from cryogmm.samplers.conditionals import gibbs_update
 from cryogmm.samplers.matrix_fisher import sample_matrix_fisher
 
@@ -43,6 +43,10 @@ GLOBAL_BACKGROUND_WEIGHT = 1e-3
 # cut-off of the projected densities in the rotation tables: beyond 4 sigma a Gaussian is below
 # 3.4e-4 of its peak, under the background floor wherever another component is near
 TABLE_CUTOFF_SIGMAS = 4.0
+# cut-off of the projected components in the Gibbs sampler: a 2D Gaussian holds exp(-r^2 / 2) of
+# its mass beyond r sigma, 3.4e-4 at 4 sigma; the thesis' conservative 5 sigma (section 3.5.1)
+# visits (5/4)^2 = 1.56 times as many pixels for a change below the counting noise
+PROJECTED_CUTOFF_SIGMAS = 4.0
 
 
 @dataclass(frozen=True)
@@ -107,14 +111,14 @@ class ProjectedState:
 
 def expand_symmetry(mixture: GaussianMixture, operators: np.ndarray) -> GaussianMixture:
     """The full mixture: means S_g mu_k (ordered g-major), weights w_k / G, same precision."""
-    means = np.einsum("gij,kj->gki", operators, mixture.means_in_angstroms).reshape(-1, 3)
+    means = (mixture.means_in_angstroms @ operators.transpose(0, 2, 1)).reshape(-1, 3)  # S_g mu_k
     weights = np.tile(mixture.weights, operators.shape[0]) / operators.shape[0]
     return GaussianMixture(means, weights, mixture.precision_per_square_angstrom)
 
 
 def projected_means(means: np.ndarray, rotations: np.ndarray, translations: np.ndarray) -> np.ndarray:
     """(P, K, 3) means P_o(R_i mu_k + t_i) padded with a zero third coordinate."""
-    out = np.einsum("pij,kj->pki", rotations, means)
+    out = means @ rotations.transpose(0, 2, 1)  # R_i mu_k
     out[:, :, :2] += translations[:, None, :]
     out[:, :, 2] = 0.0
     return np.ascontiguousarray(out)
@@ -166,7 +170,7 @@ class ProjectedGibbsSampler:
     update_mixture: bool = True
     update_rotations: bool = True
     update_translations: bool = False
-    cutoff_sigmas: float = DEFAULT_CUTOFF_SIGMAS
+    cutoff_sigmas: float = PROJECTED_CUTOFF_SIGMAS
 
     def __post_init__(self) -> None:
         ops = np.asarray(self.symmetry_operators, dtype=np.float64).reshape(-1, 3, 3)
@@ -177,8 +181,14 @@ class ProjectedGibbsSampler:
             raise ValueError("the prior must be three-dimensional")
         counts = self.data.counts
         object.__setattr__(self, "_rows", occupied_rows(counts))
-        object.__setattr__(self, "_work", np.empty((5, 1) + counts.shape[1:]))
-        object.__setattr__(self, "_uniforms", np.empty(int(counts.reshape(counts.shape[0], -1).sum(1).max())))
+        per_image = counts.reshape(counts.shape[0], -1).astype(np.int64)
+        object.__setattr__(self, "_work", np.empty((counts.shape[0], 5, 1) + counts.shape[1:]))
+        uniform_offsets = np.concatenate([[0], np.cumsum(per_image.sum(1))])
+        exponential_offsets = np.concatenate([[0], np.cumsum(per_image.sum(1) + (per_image > 0).sum(1))])
+        object.__setattr__(self, "_uniforms", np.empty(int(uniform_offsets[-1])))
+        object.__setattr__(self, "_uniform_offsets", uniform_offsets)
+        object.__setattr__(self, "_exponential_offsets", exponential_offsets)
+        object.__setattr__(self, "_exponentials", np.empty(int(exponential_offsets[-1])))
         grid = self.data.grid
         object.__setattr__(self, "_origin", np.array([grid.origin_in_angstroms[0], grid.origin_in_angstroms[1], 0.0]))
 
@@ -206,11 +216,13 @@ class ProjectedGibbsSampler:
         s = full.precision_per_square_angstrom
         amplitudes = full.weights * s / (2 * np.pi)  # 2D normalisation of the projected Gaussians
         sample = rng is not None
-        generator = rng if sample else np.random.default_rng(0)
+        exponentials = self._exponentials
+        if sample:
+            rng.standard_exponential(out=exponentials)
         n, sums, q, ll, lost = projected_statistics_kernel(
             self.data.counts, self._rows, means, amplitudes, float(s), self._origin,
-            self.data.pixel_size_in_angstroms, float(self.cutoff_sigmas), generator, sample,
-            self._work, self._uniforms)
+            self.data.pixel_size_in_angstroms, float(self.cutoff_sigmas), exponentials,
+            self._exponential_offsets, sample, self._work, self._uniforms, self._uniform_offsets)
         return ProjectedStatistics(n, sums, q, ll, lost)
 
     def log_posterior(self, state: ProjectedState) -> float:
@@ -234,8 +246,8 @@ class ProjectedGibbsSampler:
                 "sigma_in_angstroms": mixture.sigma_in_angstroms,
                 "n_unassigned": int(stats.n_unassigned.sum())}
         if self.update_mixture:
-            back = np.einsum("pji,pkj->pki", state.rotations, offsets).sum(0)  # sum_i R_i^T o_ik
-            back = np.einsum("gji,gkj->ki", ops, back.reshape(g, k, 3))  # pool copies: S_g^T
+            back = (offsets @ state.rotations).sum(0)  # sum_i R_i^T o_ik
+            back = (back.reshape(g, k, 3) @ ops).sum(0)  # pool copies: S_g^T
             pooled = BinnedStatistics(stats.n.sum(0).reshape(g, k).sum(0), back,
                                       (stats.q + tau).sum(0).reshape(g, k).sum(0), 0.0, 0)
             mixture = gibbs_update(rng, mixture, pooled, self.prior)
@@ -243,15 +255,15 @@ class ProjectedGibbsSampler:
         if self.update_rotations or self.update_translations:
             full_new = expand_symmetry(mixture, ops)
             s_new = mixture.precision_per_square_angstrom
-            old_image_means = np.einsum("pij,kj->pki", rotations, full_old.means_in_angstroms)
+            old_image_means = full_old.means_in_angstroms @ rotations.transpose(0, 2, 1)
             # nu_ik - N_ik t_i: the points' sums in the image frame, less the translation
             centred = offsets + stats.n[:, :, None] * old_image_means
             if self.update_rotations:
-                a = s_new * np.einsum("pki,kj->pij", centred, full_new.means_in_angstroms)  # Eqn. C.75
+                a = s_new * (centred.transpose(0, 2, 1) @ full_new.means_in_angstroms)  # Eqn. C.75
                 rotations = sample_matrix_fisher(rng, a)
             if self.update_translations:
                 n_i = stats.n.sum(1)
-                new_image_means = np.einsum("pij,kj->pki", rotations, full_new.means_in_angstroms)
+                new_image_means = full_new.means_in_angstroms @ rotations.transpose(0, 2, 1)
                 residual = (centred[:, :, :2] - stats.n[:, :, None] * new_image_means[:, :, :2]).sum(1)
                 # Eqn. C.90 (in-plane: depth translations are not identifiable)
                 mean_t = translations + residual / np.maximum(n_i, 1.0)[:, None]

@@ -22,6 +22,7 @@ COMMANDS = {
     "abinitio": "abinitio",
     "fsc": "fsc",
     "reconstruct": "reconstruct",
+    "prepare": "prepare",
 }
 
 EXIT_BAD_INPUT = 2

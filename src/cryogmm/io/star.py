@@ -4,6 +4,16 @@ Written files use the RELION 3.1 layout: a `data_optics` block with one optics g
 `data_particles` block whose rows carry `rlnOpticsGroup`. Reading also accepts the older
 single-block files, where the optics columns (voltage, magnification, ...) sit in every row.
 
+CTF (CONVENTIONS.md): `ctf_parameters` reads `rlnDefocusU/V` (Å), `rlnDefocusAngle` (degrees),
+`rlnVoltage` (kV), `rlnSphericalAberration` (mm), `rlnAmplitudeContrast` and the optional
+`rlnPhaseShift` (degrees), `rlnCtfBfactor` (Å^2) and `rlnCtfScalefactor`; `ctf_columns` writes them.
+
+cryoSPARC: STAR files converted by pyem's `csparc2star.py` are ordinary RELION files; their image
+names may point at `.mrc` stacks and carry cryoSPARC's `>` prefix (`000001@>J12/extract/x.mrc`,
+"relative to the exported job"), which is dropped. The pixel size then often comes only from
+`rlnMagnification` and `rlnDetectorPixelSize`. cryoSPARC's own `.cs` files (numpy record arrays)
+are read by `read_cryosparc` (also through `read_particles`) into the same RELION columns.
+
 Poses (CONVENTIONS.md): `rlnAngleRot, rlnAngleTilt, rlnAnglePsi` (degrees, ZYZ) give the matrix
 A of `cryogmm.geometry.so3`; `rlnOriginXAngst, rlnOriginYAngst` (Å) is the shift that centres the
 particle, so a particle whose centre sits at `+t` in the image has origin `-t`. Here `shifts`
@@ -22,6 +32,7 @@ import pandas as pd
 import starfile
 
 from cryogmm.errors import InputError
+from cryogmm.forward.ctf import CTFParameters
 from cryogmm.geometry.so3 import euler_to_matrix, matrix_to_euler
 from cryogmm.io.mrc import _check_finite, _decimal, _open_mrc, atomic_output
 
@@ -44,6 +55,21 @@ _OPTICS_NAMES = {
 _REQUIRED_OPTICS = ("rlnImagePixelSize", "rlnImageSize", "rlnVoltage", "rlnSphericalAberration",
                     "rlnAmplitudeContrast")
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+# RELION CTF column -> CTFParameters field; the first six are required once any defocus is given
+CTF_COLUMNS = {
+    "rlnDefocusU": "defocus_u_in_angstroms",
+    "rlnDefocusV": "defocus_v_in_angstroms",
+    "rlnDefocusAngle": "defocus_angle_in_degrees",
+    "rlnVoltage": "voltage_in_kv",
+    "rlnSphericalAberration": "spherical_aberration_in_mm",
+    "rlnAmplitudeContrast": "amplitude_contrast",
+    "rlnPhaseShift": "phase_shift_in_degrees",
+    "rlnCtfBfactor": "bfactor_in_angstroms2",
+    "rlnCtfScalefactor": "scale",
+}
+_DEFOCUS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
+_REQUIRED_CTF = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,12 +97,14 @@ class ParticleTable:
 def split_image_name(name: str) -> tuple[int, str]:
     """`"000001@stack.mrcs"` -> `(0, "stack.mrcs")`: 0-based index and stack path.
 
-    A name without `@` is a single-image file (index 0).
+    A name without `@` is a single-image file (index 0). A leading `>` on the path (cryoSPARC
+    exports, `000001@>J1/extract/x.mrc`) is dropped.
     """
     name = str(name).strip()
     index, sep, stack = name.partition("@")
     if not sep:
-        return 0, name
+        return 0, name.removeprefix(">")
+    stack = stack.strip().removeprefix(">")  # cryoSPARC's mark for "next to the exported file"
     if not index.strip().isdigit() or int(index) < 1 or not stack:
         raise ValueError(f"image name {name!r} is not of the form N@stack with N >= 1")
     return int(index) - 1, stack
@@ -107,7 +135,7 @@ def _pixel_sizes(df: pd.DataFrame) -> np.ndarray | None:
 
 
 def read_particles(path: str | os.PathLike) -> ParticleTable:
-    """Read a RELION 3.1+ particle file or an older single-block one.
+    """Read a RELION 3.1+ particle file or an older single-block one (or a cryoSPARC `.cs` file).
 
     Pixel size comes from `rlnImagePixelSize`, else `rlnPixelSize`, else
     `rlnDetectorPixelSize * 1e4 / rlnMagnification`.
@@ -121,6 +149,8 @@ def read_particles(path: str | os.PathLike) -> ParticleTable:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found; check the path")
+    if path.suffix.lower() == ".cs":
+        return read_cryosparc(path)
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:
@@ -178,11 +208,26 @@ def write_particles(path: str | os.PathLike, particles: pd.DataFrame, optics: di
         `pixel_size_in_angstroms`, `image_size` (pixels), `voltage_in_kv`,
         `spherical_aberration_in_mm`, `amplitude_contrast`, optional `name`,
         `dimensionality` (default 2) and `group` (default 1); RELION names
-        (`rlnImagePixelSize`, ...) are accepted too.
+        (`rlnImagePixelSize`, ...) are accepted too. An entry left out is taken from the particle
+        column of the same RELION name when that holds one value (as `ctf_columns` gives).
+
+    Raises
+    ------
+    ValueError
+        A required optics entry is missing, or a particle column such as `rlnVoltage` disagrees
+        with the optics value.
     """
     row = {"rlnOpticsGroup": 1, "rlnOpticsGroupName": "opticsGroup1", "rlnImageDimensionality": 2}
     for key, value in optics.items():
         row[_OPTICS_NAMES.get(key, key)] = value
+    for name in _REQUIRED_OPTICS:
+        if name in particles.columns:
+            values = pd.unique(particles[name])
+            if name not in row and len(values) == 1:
+                row[name] = values[0]  # e.g. rlnVoltage from ctf_columns
+            elif name in row and not np.allclose(np.asarray(values, dtype=np.float64), float(row[name])):
+                raise ValueError(f"particle column {name} holds {values[:3].tolist()}, not the optics value "
+                                 f"{row[name]}; write particles of different optics to different files")
     missing = [name for name in _REQUIRED_OPTICS if name not in row]
     if missing:
         raise ValueError(f"optics lacks {', '.join(missing)}")
@@ -338,3 +383,155 @@ def columns_to_poses(df: pd.DataFrame, pixel_size_in_angstroms: float | None = N
     else:
         return matrices.reshape(-1, 3, 3), np.zeros((len(df), 2))
     return matrices.reshape(-1, 3, 3), -origin
+
+
+def select_rows(table: ParticleTable, rows) -> ParticleTable:
+    """The particles `rows` (0-based positions, a mask or a slice) of a table, renumbered from 0."""
+    particles = table.particles.iloc[rows].reset_index(drop=True)
+    return ParticleTable(particles, table.optics, table.pixel_size_in_angstroms, table.path)
+
+
+def _row_label(df: pd.DataFrame, row: int) -> str:
+    name = f" ({df['rlnImageName'].iloc[row]})" if "rlnImageName" in df.columns else ""
+    return f"row {row + 1}{name}"
+
+
+def _ctf_column(df: pd.DataFrame, name: str, path: Path) -> np.ndarray:
+    """Numeric values of a CTF column; NaN, infinite or non-numeric entries are refused."""
+    values = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        others = f" and {bad.size - 1} other rows" if bad.size > 1 else ""
+        raise InputError(f"{path}: {name} is {df[name].iloc[bad[0]]!r} (not a finite number) in "
+                         f"{_row_label(df, int(bad[0]))}{others}; fix or remove those rows")
+    return values
+
+
+# column -> (test of valid values, what valid values are)
+_CTF_RANGES = {
+    "rlnDefocusU": (lambda v: v > 0, "defocus must be positive (underfocus, in Å)"),
+    "rlnDefocusV": (lambda v: v > 0, "defocus must be positive (underfocus, in Å)"),
+    "rlnVoltage": (lambda v: v > 0, "the voltage must be positive (in kV)"),
+    "rlnSphericalAberration": (lambda v: v >= 0, "the spherical aberration must be >= 0 (in mm)"),
+    "rlnAmplitudeContrast": (lambda v: (v >= 0) & (v < 1), "the amplitude contrast must be in [0, 1)"),
+}
+
+
+def ctf_parameters(table: ParticleTable) -> CTFParameters | None:
+    """The CTF of every particle from the STAR columns, or None when the file has no defocus.
+
+    `rlnDefocusU`, `rlnDefocusV`, `rlnDefocusAngle` are read per particle; `rlnVoltage`,
+    `rlnSphericalAberration`, `rlnAmplitudeContrast` per particle or from the optics group
+    (`read_particles` merges them into the rows); `rlnPhaseShift`, `rlnCtfBfactor` and
+    `rlnCtfScalefactor` are optional (0, 0 and 1 when absent).
+
+    A file without any defocus column has no CTF (None), even if it names a voltage. Once a
+    defocus is given, voltage, spherical aberration and amplitude contrast must be given too.
+    As RELION does (`CTF::read`), a missing `rlnDefocusV` means no astigmatism (V = U) and a
+    missing `rlnDefocusAngle` means 0 degrees; both are logged as warnings, because files of
+    current programs always carry them.
+
+    Raises
+    ------
+    InputError
+        A partial set of CTF columns (naming the missing ones), a NaN or non-numeric value, a
+        defocus <= 0 or another value out of range (naming the row and image).
+    """
+    df, path = table.particles, table.path
+    defocus = [name for name in _DEFOCUS if name in df.columns]
+    if not defocus:
+        return None
+    missing = [name for name in _REQUIRED_CTF if name not in df.columns]
+    if missing:
+        raise InputError(f"{path}: has {', '.join(defocus)} but not {', '.join(missing)}; "
+                         "provide all CTF columns or none")
+    for name in ("rlnDefocusV", "rlnDefocusAngle"):
+        if name not in df.columns:
+            logger.warning("%s: no %s column; taking %s (no astigmatism), as RELION does", path, name,
+                           "V = U" if name == "rlnDefocusV" else "angle 0")
+    values = {}
+    for name, field in CTF_COLUMNS.items():
+        if name in df.columns:
+            values[field] = _ctf_column(df, name, path)
+            check = _CTF_RANGES.get(name)
+            if check is not None:
+                bad = np.flatnonzero(~check[0](values[field]))
+                if bad.size:
+                    raise InputError(f"{path}: {name} is {values[field][bad[0]]:g} in {_row_label(df, int(bad[0]))}; "
+                                     f"{check[1]}; fix or remove the row")
+    values.setdefault("defocus_v_in_angstroms", values["defocus_u_in_angstroms"])
+    values.setdefault("defocus_angle_in_degrees", 0.0)
+    return CTFParameters(**values)
+
+
+def ctf_columns(parameters: CTFParameters) -> dict:
+    """STAR columns for CTF parameters (inverse of `ctf_parameters`), for `write_particles`.
+
+    Returns
+    -------
+    dict of RELION column name -> (P,) array: defocus U, V (Å), angle (degrees), voltage (kV),
+    spherical aberration (mm) and amplitude contrast always; `rlnPhaseShift`, `rlnCtfBfactor`,
+    `rlnCtfScalefactor` only when some particle has a value other than 0, 0, 1.
+    `write_particles` moves voltage, aberration and contrast into the optics block.
+    """
+    defaults = {"phase_shift_in_degrees": 0.0, "bfactor_in_angstroms2": 0.0, "scale": 1.0}
+    columns = {}
+    for name, field in CTF_COLUMNS.items():
+        values = np.array(getattr(parameters, field), dtype=np.float64)
+        if field not in defaults or np.any(values != defaults[field]):
+            columns[name] = values
+    return columns
+
+
+# cryoSPARC .cs field -> (RELION column, factor to RELION units)
+_CRYOSPARC_FIELDS = {
+    "blob/psize_A": ("rlnImagePixelSize", 1.0),
+    "ctf/accel_kv": ("rlnVoltage", 1.0),
+    "ctf/cs_mm": ("rlnSphericalAberration", 1.0),
+    "ctf/amp_contrast": ("rlnAmplitudeContrast", 1.0),
+    "ctf/df1_A": ("rlnDefocusU", 1.0),
+    "ctf/df2_A": ("rlnDefocusV", 1.0),
+    "ctf/df_angle_rad": ("rlnDefocusAngle", 180.0 / np.pi),
+    "ctf/phase_shift_rad": ("rlnPhaseShift", 180.0 / np.pi),
+    "ctf/bfactor": ("rlnCtfBfactor", 1.0),
+    "ctf/scale": ("rlnCtfScalefactor", 1.0),
+}
+
+
+def read_cryosparc(path: str | os.PathLike) -> ParticleTable:
+    """Read the particles of a cryoSPARC `.cs` file (a numpy record array) as RELION columns.
+
+    `blob/path` and `blob/idx` (0-based) become `rlnImageName` (a leading `>` of exported jobs is
+    dropped; paths are resolved like STAR image names, `--data-dir` included), `blob/psize_A`
+    `rlnImagePixelSize`, `blob/shape` `rlnImageSize`, the `ctf/` fields the RELION CTF columns
+    (radians -> degrees) and `alignments2D/class` (0-based) `rlnClassNumber`. Poses are not read.
+
+    Raises
+    ------
+    InputError
+        Not a numpy record array, or no `blob/path` and `blob/idx` fields (e.g. a passthrough file).
+    """
+    path = Path(path)
+    try:
+        records = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())
+        raise InputError(f"{path}: not a readable cryoSPARC .cs file ({reason}); check the file") from exc
+    names = records.dtype.names or ()
+    if not {"blob/path", "blob/idx"} <= set(names):
+        raise InputError(f"{path}: no blob/path and blob/idx fields (no particle images); pass the particles "
+                         ".cs file of an extraction, classification or refinement job, not a passthrough file")
+    stacks = [p.decode() if isinstance(p, bytes) else str(p) for p in records["blob/path"]]
+    columns = {"rlnImageName": [format_image_name(i, split_image_name(s)[1])
+                                for i, s in zip(records["blob/idx"].tolist(), stacks)]}
+    if "blob/shape" in names:
+        columns["rlnImageSize"] = np.asarray(records["blob/shape"]).reshape(len(records), -1)[:, -1]
+    for field, (column, factor) in _CRYOSPARC_FIELDS.items():
+        if field in names:
+            columns[column] = np.asarray(records[field], dtype=np.float64) * factor
+    if "alignments2D/class" in names:
+        columns["rlnClassNumber"] = np.asarray(records["alignments2D/class"], dtype=np.int64) + 1
+    particles = pd.DataFrame(columns)
+    sizes = _pixel_sizes(particles)
+    pixel_size = float(sizes[0]) if sizes is not None and sizes.size == 1 else None
+    return ParticleTable(particles, None, pixel_size, path)

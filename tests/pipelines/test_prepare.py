@@ -51,6 +51,14 @@ def test_centres_masks_and_clips_offset_blobs():
     assert np.all((result.masked_fractions > 0.03) & (result.masked_fractions < 0.3))
     assert any(note.startswith("centred on the centre of mass") for note in result.notes)
     assert any(note.startswith("masked (auto): kept") for note in result.notes)
+    assert not any(note.startswith("warning") for note in result.notes)
+
+
+def test_large_shifts_are_reported():
+    images, _ = stack(offsets=[[14.0, 0.0], [0.0, 0.0], [1.0, 2.0]])
+    result = prepare_images(images, PIXEL)
+    np.testing.assert_allclose(result.shifts_in_angstroms[0], [28.0, 0.0], atol=0.1)
+    assert any(note.startswith("warning: image(s) 1 moved by more than 20% of the box") for note in result.notes)
 
 
 def test_noisy_dark_particles_are_inverted():

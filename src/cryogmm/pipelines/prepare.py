@@ -43,6 +43,7 @@ MASKS = ("auto", "radius", None)
 INVERT = ("auto", True, False)
 MAX_CENTERING_PASSES = 4
 CENTERING_TOLERANCE_IN_PIXELS = 0.01
+LARGE_SHIFT_FRACTION = 0.2  # shifts beyond this share of the box are reported as suspicious
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,6 +230,11 @@ def prepare_images(images: np.ndarray, pixel_size_in_angstroms: float, *, mask: 
         lengths = np.hypot(total[:, 0], total[:, 1]) * pixel
         notes.append(f"centred on the centre of mass: median shift {np.median(lengths):.1f} Å, largest "
                      f"{lengths.max():.1f} Å (image {int(np.argmax(lengths)) + 1})")
+        far = np.flatnonzero(lengths > LARGE_SHIFT_FRACTION * n * pixel) + 1
+        if far.size:
+            # noise-dominated images (single particles) have a wandering centre of mass
+            notes.append(f"warning: image(s) {', '.join(map(str, far[:10]))} moved by more than "
+                         f"{100 * LARGE_SHIFT_FRACTION:.0f}% of the box; check them (or pass --no-center)")
     notes.append(f"clipped negative values: {100 * negative:.1f}% of the absolute mass inside the masks")
     prepared, factors = scale_images(prepared, scale)
     if scale == "common":

@@ -48,8 +48,7 @@ def subtract_background(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def central_contrast(images: np.ndarray, radius_in_pixels: float | None = None) -> np.ndarray:
-    """Mean of each image over the central disc, relative to its outer-ring median, in units of
-    the image's robust spread (so values from different images compare); `(P,)`.
+    """Mean of each image over the central disc minus its outer-ring median, `(P,)`, input units.
 
     Positive: the particle is brighter than the background (RELION class averages, extracted
     particles); negative: darker (raw micrograph contrast, CONVENTIONS' CTF is negative at low
@@ -59,11 +58,7 @@ def central_contrast(images: np.ndarray, radius_in_pixels: float | None = None) 
     box = images.shape[-1]
     radius = box / 4 if radius_in_pixels is None else float(radius_in_pixels)
     disc = radii_in_pixels(box) <= max(radius, 1.0)
-    centred = images - background_levels(images)[:, None, None]
-    spread = np.median(np.abs(centred), axis=(1, 2))
-    spread = np.where(spread > 0, spread, np.abs(centred).max(axis=(1, 2)))
-    spread = np.where(spread > 0, spread, 1.0)
-    return centred[:, disc].mean(axis=1) / spread
+    return images[:, disc].mean(axis=1) - background_levels(images)
 
 
 def apply_masks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -76,7 +71,7 @@ def negative_mass_fraction(images: np.ndarray, masks: np.ndarray) -> float:
     """Share of the absolute mass inside the masks that is negative (what clipping removes)."""
     weighted = np.asarray(images, dtype=np.float64) * masks
     total = float(np.abs(weighted).sum())
-    return float(-weighted[weighted < 0].sum() / total) if total > 0 else 0.0
+    return float(np.abs(weighted[weighted < 0]).sum() / total) if total > 0 else 0.0
 
 
 def scale_images(images: np.ndarray, scale: str | None = "common") -> tuple[np.ndarray, np.ndarray]:

@@ -29,9 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("stack", nargs="?", default=str(_common.SHARED_DATA / "class_averages" /
                                                         "betagal_class_averages.mrcs"),
                         help="class averages (default: the shared betagal stack)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    parser.add_argument("--threads", type=int, default=1, help="numba/OpenMP/BLAS threads (default 1)")
+    for flag, default, text in (("--repeats", 3, "timed runs per case"), ("--seed", 0, "seed of the shifts and noise"),
+                                ("--threads", 1, "numba/OpenMP/BLAS threads")):
+        parser.add_argument(flag, type=int, default=default, help=f"{text} (default {default})")
     return parser.parse_args(argv)
 
 

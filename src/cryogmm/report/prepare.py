@@ -39,6 +39,8 @@ def plot_prepared(inputs: np.ndarray, prepared, path: str | os.PathLike, *, max_
         ax.contour(coords + shift[0], coords + shift[1], prepared.masks[i], levels=[0.5], colors="tab:orange",
                    linewidths=0.8)
         ax.plot(in_box // 2 + shift[0], in_box // 2 + shift[1], "+", color="tab:red", ms=6)
+        ax.set_xlim(-0.5, in_box - 0.5)
+        ax.set_ylim(-0.5, in_box - 0.5)
         ax.set_title(f"{i + 1} input", fontsize=7)
         axes[r + 1, c].imshow(prepared.masks[i], cmap="viridis", origin="lower", vmin=0, vmax=1)
         axes[r + 1, c].set_title(f"mask {100 * prepared.masked_fractions[i]:.0f}%", fontsize=7)

@@ -35,8 +35,9 @@ from cryogmm.geometry.symmetry import canonical_symmetry_name, symmetry_operator
 from cryogmm.grid import Grid
 from cryogmm.mixture import GaussianMixture, evaluate
 from cryogmm.preprocess.resample import fourier_crop
-from cryogmm.samplers.projected import (ImageCounts, ProjectedGibbsSampler, ProjectedState, default_projection_prior,
-                                        expand_symmetry, global_rotation_step, local_rotation_search)
+from cryogmm.samplers.projected import (ImageCounts, ProjectedGibbsSampler, ProjectedState, basin_search,
+                                        default_projection_prior, expand_symmetry, global_rotation_step,
+                                        local_rotation_search)
 from cryogmm.simulate.discretise import discretise
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class AbinitioSettings:
     refine_steps: int = 300
     refine_burn_in: int = 150
     refine_thin: int = 10
+    # basin searches during the burn-in, besides the one that starts the refinement
+    refine_basin_searches: int = 1
     refine_translations: bool = True
     max_shift_in_angstroms: float | None = None
     checkpoint_every: int = 50
@@ -76,7 +79,8 @@ class AbinitioSettings:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("mixture_steps", "rotation_steps", "refine_mixture_steps", "refine_steps", "refine_burn_in"):
+        for name in ("mixture_steps", "rotation_steps", "refine_mixture_steps", "refine_steps", "refine_burn_in",
+                     "refine_basin_searches"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.refine_burn_in >= self.refine_steps and self.refine_steps > 0:
@@ -294,6 +298,9 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
     n_box = images.shape[-1]
     grid = Grid.centered((n_box,) * 3, pixel_size_in_angstroms)
     total = settings.refine_mixture_steps + 1 + settings.refine_steps  # warm-up, one global step, full steps
+    start = settings.refine_mixture_steps
+    n_more = settings.refine_basin_searches
+    basin_steps = {start} | {start + 1 + (j * settings.refine_burn_in) // (n_more + 1) for j in range(1, n_more + 1)}
 
     rng = np.random.default_rng(seed_sequence)
     saved = checkpoint.load("refinement") if checkpoint is not None else None
@@ -326,13 +333,16 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
             step = state.step
             if step < settings.refine_mixture_steps:
                 state, info = warmup.step(rng, state)
-            elif step == settings.refine_mixture_steps:
-                # the initial stage's rotations were found on coarse images: one global step at the
-                # full size (with the shift search) puts each image in its basin before local steps
-                moved, info = global_rotation_step(rng, rotation_only, state, settings.n_rotations,
-                                                   shift_pixels if translations else 0)
-                for spread in settings.local_spreads_in_degrees:
-                    moved, _ = local_rotation_search(rng, rotation_only, moved, settings.local_candidates, spread)
+            elif step in basin_steps:
+                # the initial stage's rotations were found on coarse images, and some images sit in
+                # the wrong basin (often a flipped view): a global table at the full size (with the
+                # shift search) proposes rival basins, each refined locally and compared with the
+                # refined current rotation; repeated in the burn-in with a sharper mixture
+                moved, search = basin_search(rng, rotation_only, state, n_rotations=settings.n_rotations,
+                                             max_shift_in_pixels=shift_pixels if translations else 0)
+                if search["moved"]:
+                    logger.info("refinement step %d: %d images moved to a better basin (log-likelihood +%.4g)",
+                                step, search["moved"], search["gain"])
                 state = ProjectedState(moved.mixture, moved.rotations, moved.translations_in_angstroms, step + 1)
                 info = {"log_posterior": trace[-1] if trace else np.nan,
                         "sigma_in_angstroms": state.mixture.sigma_in_angstroms}

@@ -352,14 +352,101 @@ def global_rotation_step(rng: np.random.Generator, sampler: ProjectedGibbsSample
 
 def image_log_likelihoods(sampler: ProjectedGibbsSampler, mixture: GaussianMixture, rotations: np.ndarray,
                           translations_in_angstroms: np.ndarray) -> np.ndarray:
-    """(P, M) log p(D_i | R_im, t_i) for per-image candidate rotations `rotations` (P, M, 3, 3) and the
-    images' translations (P, 2), with the background-padded projected density of the global table."""
+    """(P, M) log p(D_i | R_im, t_im) for per-image candidate rotations `rotations` (P, M, 3, 3) and
+    translations (P, 2) (one per image) or (P, M, 2) (one per candidate), with the
+    background-padded projected density of the global table."""
     full = expand_symmetry(mixture, sampler.symmetry_operators)
     p, m = rotations.shape[:2]
-    shifts = np.repeat(np.asarray(translations_in_angstroms, dtype=np.float64)[:, None], m, axis=1).reshape(-1, 2)
-    log_h = log_projected_densities(full, rotations.reshape(-1, 3, 3), sampler.data.grid, TABLE_CUTOFF_SIGMAS, shifts)
+    translations = np.asarray(translations_in_angstroms, dtype=np.float64)
+    if translations.ndim == 2:
+        translations = np.repeat(translations[:, None], m, axis=1)
+    log_h = log_projected_densities(full, rotations.reshape(-1, 3, 3), sampler.data.grid, TABLE_CUTOFF_SIGMAS,
+                                    translations.reshape(-1, 2))
     counts = sampler.data.counts.reshape(p, 1, -1).astype(np.float64)
-    return np.einsum("pmj,pmj->pm", np.broadcast_to(counts, (p, m, counts.shape[2])), log_h.reshape(p, m, -1))
+    return (log_h.reshape(p, m, -1) @ counts.transpose(0, 2, 1))[:, :, 0]
+
+
+def _distinct_seeds(scores: np.ndarray, rotations: np.ndarray, current: np.ndarray, operators: np.ndarray,
+                    n_seeds: int, min_angle_in_degrees: float) -> np.ndarray:
+    """Indices (P, n_seeds) of the best-scoring rotations of each image that are at least
+    `min_angle_in_degrees` from the current rotation and from each other (up to the symmetry
+    operators: R and R S_g give the same image); -1 where fewer exist."""
+    min_cos = np.cos(np.radians(min_angle_in_degrees))
+    equivalent = rotations[:, None] @ operators[None]  # (M, G, 3, 3)
+    flat = equivalent.reshape(-1, 9)
+
+    def far(index_or_matrix, candidates):
+        # cos(angle) = (tr(A^T B) - 1) / 2, maximised over the symmetry copies of A
+        a = np.asarray(index_or_matrix).reshape(9)
+        cos = ((flat.reshape(len(rotations), -1, 9)[candidates] @ a) - 1.0) / 2.0
+        return cos.max(axis=1) < min_cos
+
+    p = scores.shape[0]
+    seeds = np.full((p, n_seeds), -1, dtype=np.int64)
+    order = np.argsort(-scores, axis=1)[:, : max(8 * n_seeds, 32)]
+    for i in range(p):  # per image, a few dozen candidates: cheap
+        pool = order[i][far(current[i], order[i])]
+        for j in range(n_seeds):
+            if pool.size == 0:
+                break
+            seeds[i, j] = pool[0]
+            pool = pool[1:][far(rotations[pool[0]], pool[1:])]
+    return seeds
+
+
+def basin_search(rng: np.random.Generator, sampler: ProjectedGibbsSampler, state: ProjectedState, *,
+                 n_rotations: int = 1000, max_shift_in_pixels: int = 0, n_seeds: int = 4,
+                 n_candidates: int = 30, spreads_in_degrees: tuple = (8.0, 3.0),
+                 min_angle_in_degrees: float = 20.0) -> tuple[ProjectedState, dict]:
+    """Move images whose rotation sits in the wrong basin of their posterior.
+
+    A coarse table of `n_rotations` uniform rotations (with the in-plane shift search) scores
+    every image; its `n_seeds` best rotations far from the current one (and from each other) are
+    refined by local random search (`n_candidates` matrix-Fisher candidates per seed and spread,
+    keeping the best), as is the current rotation, and each image then draws one of the refined
+    basins in proportion to its likelihood (Gumbel-max). A grid rotation alone cannot be compared
+    with a refined one: the coarse table misses each peak by several degrees, which at 10^4
+    counts per image costs hundreds of log-likelihood units, so a better but unrefined basin
+    would lose to the current one.
+    """
+    p = sampler.data.n_images
+    pixel = sampler.data.pixel_size_in_angstroms
+    grid_rotations = random_rotations(rng, n_rotations)
+    table = global_log_likelihoods(sampler, state.mixture, grid_rotations, max_shift_in_pixels)
+    best_shift = table.argmax(axis=2)
+    scores = table.max(axis=2)
+    seeds = _distinct_seeds(scores, grid_rotations, state.rotations, sampler.symmetry_operators, n_seeds,
+                            min_angle_in_degrees)
+    w = int(max_shift_in_pixels)
+    rotations = np.repeat(state.rotations[:, None], n_seeds + 1, axis=1)
+    translations = np.repeat(state.translations_in_angstroms[:, None], n_seeds + 1, axis=1)
+    valid = seeds >= 0
+    index = np.where(valid, seeds, 0)
+    rotations[:, 1:][valid] = grid_rotations[index[valid]]
+    if w > 0:
+        dy, dx = np.divmod(np.take_along_axis(best_shift, index, axis=1), 2 * w + 1)
+        seed_shifts = np.stack([dx - w, dy - w], axis=-1) * pixel
+        translations[:, 1:][valid] = seed_shifts[valid]
+    current = image_log_likelihoods(sampler, state.mixture, rotations, translations)
+    for spread in spreads_in_degrees:
+        kappa = 0.5 / np.radians(spread) ** 2
+        centres = np.repeat(rotations[:, :, None], n_candidates, axis=2)
+        candidates = sample_matrix_fisher(rng, kappa * centres)  # (P, S, C, 3, 3)
+        shifts = np.repeat(translations[:, :, None], n_candidates, axis=2)
+        ll = image_log_likelihoods(sampler, state.mixture, candidates.reshape(p, -1, 3, 3),
+                                   shifts.reshape(p, -1, 2)).reshape(p, n_seeds + 1, n_candidates)
+        best = ll.argmax(axis=2)
+        best_ll = np.take_along_axis(ll, best[:, :, None], axis=2)[:, :, 0]
+        better = best_ll > current
+        chosen = np.take_along_axis(candidates, best[:, :, None, None, None], axis=2)[:, :, 0]
+        rotations[better] = chosen[better]
+        current = np.where(better, best_ll, current)
+    current[:, 1:][~valid] = -np.inf
+    choice = np.argmax(current + rng.gumbel(size=current.shape), axis=1)
+    rows = np.arange(p)
+    info = {"moved": int((choice > 0).sum()),
+            "gain": float((current[rows, choice] - current[:, 0]).sum())}
+    return ProjectedState(state.mixture, rotations[rows, choice], translations[rows, choice], state.step), info
 
 
 def local_rotation_search(rng: np.random.Generator, sampler: ProjectedGibbsSampler, state: ProjectedState,

@@ -246,7 +246,9 @@ def resolve_image_path(name: str, star_path: str | os.PathLike,
     """Find the stack file `name` referenced by a STAR file.
 
     `data_dir` overrides everything (tried as `data_dir/name`, then `data_dir/basename`);
-    otherwise a relative `name` is looked up in the STAR file's folder, then the current folder.
+    otherwise a relative `name` is looked up in the STAR file's folder, then the current folder,
+    then as its basename in the STAR file's folder (a RELION job's own outputs, such as
+    `Class2D/job008/run_it025_classes.mrcs`, sit next to the job's STAR files).
     """
     name_path = Path(name)
     if data_dir is not None:
@@ -254,7 +256,8 @@ def resolve_image_path(name: str, star_path: str | os.PathLike,
     elif name_path.is_absolute():
         candidates = [name_path]
     else:
-        candidates = [Path(star_path).parent / name_path, Path.cwd() / name_path]
+        folder = Path(star_path).parent
+        candidates = [folder / name_path, Path.cwd() / name_path, folder / name_path.name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -402,7 +405,9 @@ def _ctf_column(df: pd.DataFrame, name: str, path: Path) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         others = f" and {bad.size - 1} other rows" if bad.size > 1 else ""
-        raise InputError(f"{path}: {name} is {df[name].iloc[bad[0]]!r} (not a finite number) in "
+        value = df[name].iloc[bad[0]]
+        value = f"{value:g}" if isinstance(value, (int, float, np.number)) else repr(str(value))
+        raise InputError(f"{path}: {name} is {value} (not a finite number) in "
                          f"{_row_label(df, int(bad[0]))}{others}; fix or remove those rows")
     return values
 

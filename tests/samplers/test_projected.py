@@ -68,6 +68,11 @@ def _perturbed(rotations, omega):
     return Rotation.from_rotvec(omega).as_matrix() @ rotations
 
 
+def _unit_vectors(rng, n):
+    axes = rng.standard_normal((n, 3))
+    return axes / np.linalg.norm(axes, axis=1, keepdims=True)
+
+
 @pytest.fixture(scope="module")
 def simulated():
     """The asymmetric test particle, its true rotations and the discretised images. Every count
@@ -588,8 +593,7 @@ def test_local_rotation_search_then_gibbs_finds_perturbed_rotations(simulated, r
     mixture, rotations, _ = simulated
     sampler, mode, covariance = rotation_posterior
     rng = np.random.default_rng(9)
-    axes = rng.standard_normal((N_IMAGES, 3))
-    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    axes = _unit_vectors(rng, N_IMAGES)
     start = _perturbed(rotations, axes * np.radians(rng.uniform(10.0, 20.0, (N_IMAGES, 1))))
     state = sampler.init(None, mixture=mixture, rotations=start)
     for spread in (10.0, 5.0, 2.0):
@@ -635,8 +639,7 @@ def test_basin_search_moves_flipped_images_back_and_keeps_the_others(simulated, 
     rng = np.random.default_rng(21)
     # a third of the images start in the flipped basin (a half turn about an in-plane axis, the view
     # from behind), the others 2 degrees from the truth
-    axes = rng.standard_normal((N_IMAGES, 3))
-    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    axes = _unit_vectors(rng, N_IMAGES)
     start = _perturbed(rotations, axes * np.radians(2.0))
     flipped = np.arange(N_IMAGES) % 3 == 0
     half_turns = Rotation.from_rotvec(np.c_[np.cos(axes[:, 0]), np.sin(axes[:, 0]), 0 * axes[:, 0]] * np.pi).as_matrix()

@@ -157,7 +157,7 @@ def class_averages(
     m = n if ctf_box is None else int(ctf_box)
     if m < n:
         raise InputError(f"CTF box {ctf_box}: must be at least the image size {n}")
-    psi = np.asarray(psi_in_degrees, dtype=np.float64).reshape(-1)
+    psi, shifts = _check_poses(psi_in_degrees, shifts_in_angstroms, n_images, pixel_size_in_angstroms)
     class_ids = np.unique(classes)
     n_classes = class_ids.size
     counts = np.zeros(n_classes, dtype=np.int64)
@@ -169,7 +169,6 @@ def class_averages(
     ctfs = np.zeros((n_classes, m, m)) if with_ctf else None
     group_ctfs = np.zeros((n_classes, n_groups, m, m)) if with_ctf else None
     aligned_ctf = aligned_ctf_parameters(ctf_parameters, psi) if with_ctf else None
-    shifts = None if shifts_in_angstroms is None else np.asarray(shifts_in_angstroms, dtype=np.float64)
     for c, label in enumerate(class_ids):
         members = np.flatnonzero(classes == label)
         counts[c] = members.size
@@ -224,17 +223,9 @@ def align_images(images: np.ndarray, psi_in_degrees: np.ndarray, shifts_in_angst
     """
     images = np.asarray(images, dtype=np.float64)
     n_images, n = images.shape[0], images.shape[-1]
-    psi = np.radians(np.asarray(psi_in_degrees, dtype=np.float64).reshape(-1))
-    if psi.size != n_images:
-        raise InputError(f"{psi.size} in-plane angles for {n_images} images; give one per particle")
-    if not np.all(np.isfinite(psi)):
-        raise InputError("in-plane angles (rlnAnglePsi) contain NaN or infinite values; fix the STAR file")
-    if not math.isfinite(pixel_size_in_angstroms) or pixel_size_in_angstroms <= 0:
-        raise InputError(f"pixel size {pixel_size_in_angstroms} Å: must be positive")
-    if shifts_in_angstroms is not None:
-        shifts = np.asarray(shifts_in_angstroms, dtype=np.float64).reshape(-1, 2)
-        if shifts.shape[0] != n_images or not np.all(np.isfinite(shifts)):
-            raise InputError(f"shifts: need {n_images} finite (x, y) pairs in Å (rlnOriginX/YAngst)")
+    psi, shifts = _check_poses(psi_in_degrees, shifts_in_angstroms, n_images, pixel_size_in_angstroms)
+    psi = np.radians(psi)
+    if shifts is not None:
         images = _shift_images(images, -shifts, pixel_size_in_angstroms)
     y, x = np.mgrid[0:n, 0:n] - n // 2  # pixels from the centre
     aligned = np.empty_like(images)
@@ -244,6 +235,25 @@ def align_images(images: np.ndarray, psi_in_degrees: np.ndarray, shifts_in_angst
         source = np.stack([cos * y - sin * x, cos * x + sin * y]) + n // 2
         aligned[i] = ndimage.map_coordinates(images[i], source, order=order, mode="constant", cval=0.0)
     return aligned
+
+
+def _check_poses(psi_in_degrees, shifts_in_angstroms, n_images: int, pixel_size_in_angstroms: float
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """In-plane angles (P,) in degrees and shifts (P, 2) in Å (or None) as float arrays, checked."""
+    psi = np.asarray(psi_in_degrees, dtype=np.float64).reshape(-1)
+    if psi.size != n_images:
+        raise InputError(f"{psi.size} in-plane angles for {n_images} images; give one per particle")
+    if not np.all(np.isfinite(psi)):
+        raise InputError("in-plane angles (rlnAnglePsi) contain NaN or infinite values; fix the STAR file")
+    if not math.isfinite(pixel_size_in_angstroms) or pixel_size_in_angstroms <= 0:
+        raise InputError(f"pixel size {pixel_size_in_angstroms} Å: must be positive")
+    if shifts_in_angstroms is None:
+        return psi, None
+    shifts = np.asarray(shifts_in_angstroms, dtype=np.float64)
+    if shifts.shape != (n_images, 2) or not np.all(np.isfinite(shifts)):
+        raise InputError(f"shifts: need {n_images} finite (x, y) pairs in Å (rlnOriginX/YAngst), "
+                         f"got shape {shifts.shape}")
+    return psi, shifts
 
 
 def _shift_images(images: np.ndarray, shifts_in_angstroms: np.ndarray, pixel_size_in_angstroms: float) -> np.ndarray:

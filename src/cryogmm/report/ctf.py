@@ -141,8 +141,10 @@ class ThonProfiles:
             raise ValueError(f"ThonProfiles.phase has shape {self.phase.shape}, expected {shape[1:]}")
 
     def mean(self) -> "ThonProfiles":
-        """The pixel-count-weighted mean over images (one profile, P = 1) where at least half are in band."""
-        weights = np.where(self.band, self.counts, 0.0)
+        """The pixel-count-weighted mean over images (one profile, P = 1); its band: bins in the band of
+        at least half of the images."""
+        # in-band images only; bins outside every image's band (shown, not scored) take all images
+        weights = np.where(self.band | ~self.band.any(axis=0), self.counts, 0.0)
         total = weights.sum(axis=0)
         common = self.band.sum(axis=0) * 2 >= self.band.shape[0]  # in the band of half the images
 

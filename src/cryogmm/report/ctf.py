@@ -19,6 +19,7 @@ A wrong defocus or pixel size moves the observed rings off `chi = n pi` and the 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -343,15 +344,16 @@ def _profile_panel(ax, profile: ThonProfiles, zeros: np.ndarray, title: str) -> 
     """Observed relative power and the model (scaled to the observed spread in the band) vs frequency."""
     band = profile.band[0]
     last = np.flatnonzero(band).max() if band.any() else np.flatnonzero(profile.counts[0] > 0).max()
-    use = (profile.counts[0] > 0) & (np.arange(band.size) <= last + BINS_PER_PERIOD // 2)
+    use = ((profile.counts[0] > 0) & (np.arange(band.size) <= last + BINS_PER_PERIOD // 2)
+           & np.isfinite(profile.frequency_per_angstrom[0]))
     frequency = profile.frequency_per_angstrom[0][use]
     observed, model = profile.observed[0], profile.model[0]
     in_band = band & np.isfinite(observed) & np.isfinite(model)
     scale = observed[in_band].std() / model[in_band].std() if in_band.sum() > 2 and model[in_band].std() > 0 else 1.0
     ax.plot(frequency, scale * model[use], color="tab:red", lw=1.0, label="CTF² (model, scaled)")
     ax.plot(frequency, observed[use], color="k", lw=0.8, label="power spectrum")
-    if band.any():
-        k_band = profile.frequency_per_angstrom[0][band]
+    k_band = profile.frequency_per_angstrom[0][band & use]
+    if k_band.size:
         ax.axvspan(k_band.min(), k_band.max(), color="0.92", zorder=0, label="band")
     for z in zeros[zeros <= (frequency.max() if frequency.size else 0)]:
         ax.axvline(z, color="tab:blue", lw=0.5, ls="--")
@@ -367,6 +369,19 @@ def _zeros(parameters: CTFParameters, index: int, max_frequency: float) -> np.nd
     return ctf_zero_frequencies(float(p.mean_defocus_in_angstroms[index]), float(p.voltage_in_kv[index]),
                                 float(p.spherical_aberration_in_mm[index]), float(p.amplitude_contrast[index]),
                                 max_frequency, float(p.phase_shift_in_degrees[index]))
+
+
+def _frequencies_of_phases(phase: np.ndarray, parameters: CTFParameters, k_max: float) -> np.ndarray:
+    """|k| (1/Å) at which one unastigmatic CTF (mean defocus of `parameters`, one image) reaches `phase`."""
+    p = parameters
+    k = np.linspace(0.0, k_max, 8001)
+    wavelength = float(electron_wavelength_in_angstroms(p.voltage_in_kv[0]))
+    a = float(p.amplitude_contrast[0])
+    chi = (np.pi * wavelength * float(p.mean_defocus_in_angstroms[0]) * k**2
+           - 0.5 * np.pi * float(p.spherical_aberration_in_mm[0]) * 1e7 * wavelength**3 * k**4
+           + np.deg2rad(float(p.phase_shift_in_degrees[0])) + np.arctan2(a, np.sqrt(1.0 - a * a)))
+    chi = np.maximum.accumulate(chi)  # beyond the (rare) turning point of gamma: hold the last frequency
+    return np.interp(phase, chi, k, left=np.nan, right=np.nan)
 
 
 def _correlation_text(value: float) -> str:
@@ -432,6 +447,9 @@ def plot_ctf_overview(images: np.ndarray, parameters: CTFParameters, pixel_size_
                  chi_limits[median],
                  f"mean of {group.size} within 3% of {defocus[median]:.0f} Å | CTF²")
     mean = profiles.mean()
+    # the x axis of the phase-aligned mean: the frequency of each phase for the median particle
+    mean = dataclasses.replace(mean, frequency_per_angstrom=_frequencies_of_phases(
+        mean.phase, parameters[[median]], np.sqrt(2) * nyquist)[None])
     _profile_panel(axes[-1, 2], mean, _zeros(parameters, median, nyquist),
                    f"all particles (phase-aligned): {_correlation_text(agreement(mean)[0])}")
     axes[-1, 2].legend(fontsize=7, frameon=False, loc="upper right")

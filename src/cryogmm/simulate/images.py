@@ -18,9 +18,9 @@ from a micrograph (signal delocalised past the box edge is lost; none wraps arou
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 from scipy import ndimage
 
@@ -64,7 +64,8 @@ def project_atoms(
     dtype : numpy dtype of the images.
     n_threads : int, optional
         Images are computed in this many threads (the numba kernel releases the GIL); default
-        all cores. The result does not depend on it.
+        `numba.get_num_threads()` (all cores unless NUMBA_NUM_THREADS says otherwise). The
+        result does not depend on it.
 
     Returns
     -------
@@ -89,7 +90,7 @@ def project_atoms(
         projected = coordinates @ rotations[i, :2].T + shifts[i]  # P_o A x + t
         images[i] = evaluate_gaussians(grid, projected, amplitudes, precision, CUTOFF_SIGMAS, dtype)
 
-    n_threads = min(n_images, n_threads or os.cpu_count() or 1)
+    n_threads = min(n_images, n_threads or numba.get_num_threads())
     if n_threads <= 1:
         for i in range(n_images):
             project(i)

@@ -56,7 +56,7 @@ _REQUIRED_OPTICS = ("rlnImagePixelSize", "rlnImageSize", "rlnVoltage", "rlnSpher
                     "rlnAmplitudeContrast")
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 
-# RELION CTF column -> CTFParameters field; the first six are required once any defocus is given
+# RELION CTF column -> CTFParameters field (see ctf_parameters for which are required)
 CTF_COLUMNS = {
     "rlnDefocusU": "defocus_u_in_angstroms",
     "rlnDefocusV": "defocus_v_in_angstroms",

@@ -22,6 +22,7 @@ COMMANDS = {
     "abinitio": "abinitio",
     "fsc": "fsc",
     "reconstruct": "reconstruct",
+    "orientations": "orientations",
     "ctf": "ctf",
     "prepare": "prepare",
 }

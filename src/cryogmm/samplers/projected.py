@@ -396,14 +396,15 @@ def _distinct_seeds(scores: np.ndarray, rotations: np.ndarray, current: np.ndarr
 
 def basin_search(rng: np.random.Generator, sampler: ProjectedGibbsSampler, state: ProjectedState, *,
                  n_rotations: int = 1000, max_shift_in_pixels: int = 0, n_seeds: int = 4,
-                 n_candidates: int = 30, spreads_in_degrees: tuple = (8.0, 3.0),
+                 n_candidates: int = 20, spreads_in_degrees: tuple = (10.0, 6.0, 3.5, 2.0),
                  min_angle_in_degrees: float = 20.0) -> tuple[ProjectedState, dict]:
     """Move images whose rotation sits in the wrong basin of their posterior.
 
     A coarse table of `n_rotations` uniform rotations (with the in-plane shift search) scores
     every image; its `n_seeds` best rotations far from the current one (and from each other) are
     refined by local random search (`n_candidates` matrix-Fisher candidates per seed and spread,
-    keeping the best), as is the current rotation, and each image then draws one of the refined
+    keeping the best; with the shift search, the in-plane translation is perturbed with the
+    rotation, by 0.5 pixel, then 0.25), as is the current rotation, and each image then draws one of the refined
     basins in proportion to its likelihood (Gumbel-max). A grid rotation alone cannot be compared
     with a refined one: the coarse table misses each peak by several degrees, which at 10^4
     counts per image costs hundreds of log-likelihood units, so a better but unrefined basin
@@ -428,11 +429,13 @@ def basin_search(rng: np.random.Generator, sampler: ProjectedGibbsSampler, state
         seed_shifts = np.stack([dx - w, dy - w], axis=-1) * pixel
         translations[:, 1:][valid] = seed_shifts[valid]
     current = image_log_likelihoods(sampler, state.mixture, rotations, translations)
-    for spread in spreads_in_degrees:
+    for round_index, spread in enumerate(spreads_in_degrees):
         kappa = 0.5 / np.radians(spread) ** 2
         centres = np.repeat(rotations[:, :, None], n_candidates, axis=2)
         candidates = sample_matrix_fisher(rng, kappa * centres)  # (P, S, C, 3, 3)
         shifts = np.repeat(translations[:, :, None], n_candidates, axis=2)
+        if w > 0:  # the table's shifts are whole pixels: refine them with the rotation
+            shifts = shifts + rng.normal(0.0, 0.5 * pixel / (round_index + 1), shifts.shape)
         ll = image_log_likelihoods(sampler, state.mixture, candidates.reshape(p, -1, 3, 3),
                                    shifts.reshape(p, -1, 2)).reshape(p, n_seeds + 1, n_candidates)
         best = ll.argmax(axis=2)
@@ -440,6 +443,7 @@ def basin_search(rng: np.random.Generator, sampler: ProjectedGibbsSampler, state
         better = best_ll > current
         chosen = np.take_along_axis(candidates, best[:, :, None, None, None], axis=2)[:, :, 0]
         rotations[better] = chosen[better]
+        translations[better] = np.take_along_axis(shifts, best[:, :, None, None], axis=2)[:, :, 0][better]
         current = np.where(better, best_ll, current)
     current[:, 1:][~valid] = -np.inf
     choice = np.argmax(current + rng.gumbel(size=current.shape), axis=1)

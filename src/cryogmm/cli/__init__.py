@@ -23,6 +23,7 @@ COMMANDS = {
     "fsc": "fsc",
     "reconstruct": "reconstruct",
     "orientations": "orientations",
+    "deconvolve": "deconvolve",
     "ctf": "ctf",
     "prepare": "prepare",
 }

@@ -388,6 +388,26 @@ def columns_to_poses(df: pd.DataFrame, pixel_size_in_angstroms: float | None = N
     return matrices.reshape(-1, 3, 3), -origin
 
 
+def in_plane_poses(df: pd.DataFrame, pixel_size_in_angstroms: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """In-plane angle (rlnAnglePsi, degrees; 0 when absent) and particle centre shifts t = -origin
+    in Å of each row: the poses of 2D classification, which has no rot and tilt."""
+    psi = df["rlnAnglePsi"].to_numpy(dtype=np.float64) if "rlnAnglePsi" in df.columns else np.zeros(len(df))
+    if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(df.columns):
+        origin = df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(dtype=np.float64)
+    elif {"rlnOriginX", "rlnOriginY"} <= set(df.columns):
+        sizes = _pixel_sizes(df) if pixel_size_in_angstroms is None else np.array([pixel_size_in_angstroms])
+        if sizes is None or sizes.size != 1:
+            raise InputError("the particle table gives origins in pixels (rlnOriginX/Y) without one pixel "
+                             "size; pass --pixel-size")
+        origin = df[["rlnOriginX", "rlnOriginY"]].to_numpy(dtype=np.float64) * float(sizes[0])
+    else:
+        origin = np.zeros((len(df), 2))
+    if not (np.all(np.isfinite(psi)) and np.all(np.isfinite(origin))):
+        raise InputError("rlnAnglePsi or the origins have NaN or infinite values; fix the STAR file")
+    return psi, -origin
+
+
 def select_rows(table: ParticleTable, rows) -> ParticleTable:
     """The particles `rows` (0-based positions, a mask or a slice) of a table, renumbered from 0."""
     particles = table.particles.iloc[rows].reset_index(drop=True)

@@ -39,9 +39,10 @@ def plot_restarts(restart_traces: list[np.ndarray], best: int, refine_trace: np.
 
 
 def plot_projections(images: np.ndarray, projections: np.ndarray, path: str | os.PathLike, *,
-                     labels: list[str] | None = None, max_images: int = 12, title: str = "") -> None:
-    """Pairs of columns: each input image (top) above the projection of the result along its
-    estimated pose (bottom), each pair on its own grey scale."""
+                     labels: list[str] | None = None, max_images: int = 12, title: str = "",
+                     row_names: tuple[str, str] = ("input", "model")) -> None:
+    """Pairs of rows: each input image (top) above the projection of the result along its
+    estimated pose (bottom), each on its own grey scale; `row_names` label the two."""
     n = min(len(images), max_images)
     cols = min(n, 6)
     rows = 2 * int(np.ceil(n / cols))
@@ -51,7 +52,7 @@ def plot_projections(images: np.ndarray, projections: np.ndarray, path: str | os
         ax.set_axis_off()
     for i in range(n):
         r, c = 2 * (i // cols), i % cols
-        for j, (image, name) in enumerate(((images[i], "input"), (projections[i], "model"))):
+        for j, (image, name) in enumerate(((images[i], row_names[0]), (projections[i], row_names[1]))):
             ax = axes[r + j, c]
             ax.imshow(image, cmap="gray", origin="lower")
             ax.set_title(f"{labels[i] if labels else i + 1} {name}", fontsize=7)

@@ -83,6 +83,7 @@ def close_logging() -> None:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    logger.propagate = True  # back to the library default (setup_logging turned it off)
 
 
 if __name__ == "__main__":

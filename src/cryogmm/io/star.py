@@ -375,17 +375,21 @@ def columns_to_poses(df: pd.DataFrame, pixel_size_in_angstroms: float | None = N
         raise InputError(f"the particle table has no {', '.join(missing)} column; "
                          "use a STAR file with refined orientations")
     matrices = euler_to_matrix(*(df[name].to_numpy(dtype=np.float64) for name in _ANGLES))
+    return matrices.reshape(-1, 3, 3), -_origins_in_angstroms(df, pixel_size_in_angstroms)
+
+
+def _origins_in_angstroms(df: pd.DataFrame, pixel_size_in_angstroms: float | None) -> np.ndarray:
+    """(n, 2) rlnOriginXAngst/YAngst, else the pre-3.1 rlnOriginX/Y in pixels times the pixel
+    size, else zeros."""
     if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(df.columns):
-        origin = df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(dtype=np.float64)
-    elif {"rlnOriginX", "rlnOriginY"} <= set(df.columns):
+        return df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(dtype=np.float64)
+    if {"rlnOriginX", "rlnOriginY"} <= set(df.columns):
         sizes = _pixel_sizes(df) if pixel_size_in_angstroms is None else np.array([pixel_size_in_angstroms])
         if sizes is None or sizes.size != 1:
             raise InputError("the particle table gives origins in pixels (rlnOriginX/Y) without one pixel "
                              "size; pass --pixel-size")
-        origin = df[["rlnOriginX", "rlnOriginY"]].to_numpy(dtype=np.float64) * float(sizes[0])
-    else:
-        return matrices.reshape(-1, 3, 3), np.zeros((len(df), 2))
-    return matrices.reshape(-1, 3, 3), -origin
+        return df[["rlnOriginX", "rlnOriginY"]].to_numpy(dtype=np.float64) * float(sizes[0])
+    return np.zeros((len(df), 2))
 
 
 def in_plane_poses(df: pd.DataFrame, pixel_size_in_angstroms: float | None = None
@@ -393,16 +397,7 @@ def in_plane_poses(df: pd.DataFrame, pixel_size_in_angstroms: float | None = Non
     """In-plane angle (rlnAnglePsi, degrees; 0 when absent) and particle centre shifts t = -origin
     in Å of each row: the poses of 2D classification, which has no rot and tilt."""
     psi = df["rlnAnglePsi"].to_numpy(dtype=np.float64) if "rlnAnglePsi" in df.columns else np.zeros(len(df))
-    if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(df.columns):
-        origin = df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(dtype=np.float64)
-    elif {"rlnOriginX", "rlnOriginY"} <= set(df.columns):
-        sizes = _pixel_sizes(df) if pixel_size_in_angstroms is None else np.array([pixel_size_in_angstroms])
-        if sizes is None or sizes.size != 1:
-            raise InputError("the particle table gives origins in pixels (rlnOriginX/Y) without one pixel "
-                             "size; pass --pixel-size")
-        origin = df[["rlnOriginX", "rlnOriginY"]].to_numpy(dtype=np.float64) * float(sizes[0])
-    else:
-        origin = np.zeros((len(df), 2))
+    origin = _origins_in_angstroms(df, pixel_size_in_angstroms)
     if not (np.all(np.isfinite(psi)) and np.all(np.isfinite(origin))):
         raise InputError("rlnAnglePsi or the origins have NaN or infinite values; fix the STAR file")
     return psi, -origin

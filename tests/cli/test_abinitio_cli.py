@@ -12,7 +12,7 @@ import pytest
 from cryogmm.cli import main
 from cryogmm.geometry.so3 import random_rotations
 from cryogmm.io.checkpoints import CheckpointFolder, checkpoint_dir_for
-from cryogmm.io.mrc import read_map, write_stack
+from cryogmm.io.mrc import read_map, read_stack, write_stack
 from cryogmm.io.star import format_image_name, poses_to_columns, read_particles, write_particles
 from cryogmm.simulate.images import project_atoms
 from cryogmm.simulate.phantom import asymmetric_phantom
@@ -157,3 +157,60 @@ def test_point_clouds_are_binned_into_count_images(tmp_path):
     assert data.counts and data.images.shape[0] == 6 and data.images.shape[1] == data.images.shape[2]
     np.testing.assert_array_equal(data.images.reshape(6, -1).sum(1), 500)
     assert main(["abinitio", str(path), "--output", str(tmp_path / "x")] + TINY) == 2  # no pixel size
+
+
+def test_prepare_masks_and_centres_images_with_a_background_and_negatives(tmp_path, images):
+    # RELION-like averages: a constant background, a dark CTF-correction halo (negative values)
+    from scipy import ndimage
+
+    clean = images[0]
+    halo = ndimage.gaussian_filter(clean, 3.0) - clean
+    dirty = clean - 0.3 * np.clip(halo, 0.0, None) + 0.05 * clean.max()
+    dirty = dirty - 0.1 * clean.max() * (ndimage.gaussian_filter(clean, 4.0) > 0.02 * clean.max())
+    path = tmp_path / "relion_like.mrcs"
+    write_stack(path, dirty, PIXEL)
+    assert (dirty < 0).any()
+    out = tmp_path / "run"
+    assert main(["abinitio", str(path), "--prepare", "--seed", "1", "--output", str(out)] + TINY) == 0
+    assert {"prepared.mrcs", "prepared.png"} <= {p.name for p in out.iterdir()}
+    summary = json.loads((out / "summary.json").read_text())
+    notes = " ".join(summary["prepare"])
+    assert "negative pixels" in notes and "masked" in notes and "centred" in notes
+    prepared = read_stack(out / "prepared.mrcs").data
+    assert prepared.min() >= 0 and prepared.shape == dirty.shape
+    # the prepared images look like the clean projections again
+    from cryogmm.metrics.correlation import cross_correlation
+
+    assert np.median([cross_correlation(a, b) for a, b in zip(prepared, clean)]) > 0.95
+    # --prepare and --clip-negatives together are refused
+    assert main(["abinitio", str(path), "--prepare", "--clip-negatives", "--output", str(tmp_path / "x")] + TINY) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_prepare_leaves_clean_images_alone(tmp_path, stack):
+    out = tmp_path / "run"
+    assert main(["abinitio", str(stack), "--prepare", "--seed", "1", "--output", str(out)] + TINY) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prepare"] == [f"{stack}: non-negative with a zero background; used as they are"]
+    assert "prepared.mrcs" not in {p.name for p in out.iterdir()}
+
+
+def test_prepare_deconvolves_particles_with_classes_and_ctfs(tmp_path):
+    atoms = [("S", 0.0, 0.0, 0.0), ("S", 12.0, 3.0, -4.0), ("P", -9.0, 8.0, 5.0), ("S", 4.0, -11.0, 2.0),
+             ("P", -6.0, -6.0, -8.0), ("S", 15.0, -7.0, 6.0)]
+    lines = [f"ATOM  {i:5d}  {e:<3s} ALA A{i:4d}    {x:8.3f}{y:8.3f}{z:8.3f}{1.0:6.2f}{20.0:6.2f}          {e:>2s}"
+             for i, (e, x, y, z) in enumerate(atoms, start=1)]
+    (tmp_path / "model.pdb").write_text("\n".join(lines + ["END"]) + "\n")
+    assert main(["simulate-images", str(tmp_path / "model.pdb"), "--box", "24", "--pixel-size", "3", "--resolution",
+                 "10", "--classes", "4", "--defocus-range", "1.0", "2.5", "--defocus-groups", "3",
+                 "--particles-per-group", "5", "--snr", "5", "--seed", "2", "--output", str(tmp_path / "sim")]) == 0
+    out = tmp_path / "run"
+    assert main(["abinitio", str(tmp_path / "sim" / "particles.star"), "--prepare", "--seed", "1",
+                 "--output", str(out)] + TINY) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    notes = " ".join(summary["prepare"])
+    assert "deconvolved" in notes and "multi-frame" in notes and "60 particles in 4 classes" in notes
+    assert summary["n_images"] == 4
+    assert {"prepared.mrcs", "prepared.png", "deconvolved.png"} <= {p.name for p in out.iterdir()}
+    names = read_particles(out / "orientations.star").particles["rlnImageName"].tolist()
+    assert names == [format_image_name(i, "prepared.mrcs") for i in range(4)]

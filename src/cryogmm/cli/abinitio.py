@@ -1,11 +1,17 @@
 """Infer a 3D initial model and the image orientations from class averages (thesis section 3.4).
 
 IMAGES is an .mrcs stack (pixel size from the header unless --pixel-size is given), a STAR file
-of class averages or particles, or an .npz of 2D point clouds (one (N, 2) array in pixels per
-image; they are centred and binned into count images). Images must be non-negative: the Poisson
-model reads them as counts. Class averages with negative values (CTF-corrected, or normalised to
-a zero background) are refused unless --clip-negatives is given, which subtracts each image's
-background level (median of its outer ring) and sets what remains negative to zero.
+of class averages or particles, a RELION 2D-classification _model.star (its _classes.mrcs; empty
+classes dropped), or an .npz of 2D point clouds (one (N, 2) array in pixels per image; they are
+centred and binned into count images). Images must be non-negative: the Poisson model reads them
+as counts. Class averages with negative values (CTF-corrected, or normalised to a zero
+background) are refused unless --prepare or --clip-negatives is given. --prepare does what the
+input needs and logs it: a STAR of particles with classes, in-plane poses and CTFs is
+deconvolved class by class (multi-frame, 7 defocus groups; a STAR of class averages with CTFs
+single-frame), and images with negative values or a background are masked, centred and clipped
+(`cryogmm deconvolve`, `cryogmm prepare`); the images used are written to DIR/prepared.mrcs with
+prepared.png (and deconvolved.png). --clip-negatives only subtracts each image's background level
+(median of its outer ring) and sets what remains negative to zero.
 
 Stages: several independent restarts of the initial stage (K = --components-initial on images
 downsampled to --initial-box, --initial-counts counts each, --rotations global rotations), ranked
@@ -26,11 +32,14 @@ settings.json, run.log. An interrupted run keeps its checkpoints in DIR's siblin
 Example:
     cryogmm abinitio class_averages.mrcs --pixel-size 4 --restarts 4 --jobs 2 --seed 1 --output polII_abinitio
     cryogmm abinitio groel.mrcs --symmetry D7 --output groel_abinitio
+    cryogmm abinitio run_it025_model.star --symmetry D2 --prepare --output betagal_abinitio
+    cryogmm abinitio particles.star --prepare --output from_particles
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 import logging
 import math
 import os
@@ -69,6 +78,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="largest in-plane translation searched in Å (default 10%% of the box; 0 fixes them)")
     parser.add_argument("--clip-negatives", action="store_true",
                         help="subtract each image's background and set negative values to zero")
+    parser.add_argument("--prepare", action="store_true",
+                        help="make the input fit for the Poisson model first, as needed: deconvolve particles "
+                             "with classes and CTFs (or class averages with CTFs), then mask, centre and clip "
+                             "images with negative values or a background (see `deconvolve` and `prepare`)")
     parser.add_argument("--reference", type=Path, default=None, help="a map to compare with (aligned FSC, CC)")
     parser.add_argument("--true-poses", type=Path, default=None, help="STAR with the true poses (rotation errors)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded)")
@@ -145,7 +158,10 @@ def main(args: argparse.Namespace) -> int:
             if checkpoints.exists() and not args.force:
                 raise InputError(f"--output {args.output}: an interrupted run left checkpoints in {checkpoints.path}; "
                                  "pass --resume to continue it or --force to start over")
-        data = read_input_images(args.images, args.pixel_size)
+        if args.prepare and args.clip_negatives:
+            raise InputError("--prepare and --clip-negatives: choose one (--prepare masks and centres as well)")
+        prepared = prepare_input(args.images, args.pixel_size) if args.prepare else None
+        data = prepared.data if prepared else read_input_images(args.images, args.pixel_size)
         images = data.images
         n_negative, share = negative_part(images)
         clipped_note = None
@@ -160,6 +176,7 @@ def main(args: argparse.Namespace) -> int:
         seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
         record = {"images": str(args.images), "seed": seed, "pixel_size_in_angstroms": data.pixel_size_in_angstroms,
                   "n_images": int(images.shape[0]), "box": int(images.shape[-1]), "clip_negatives": args.clip_negatives,
+                  "prepare": prepared.notes if prepared else None,
                   **settings_dict(settings)}
         checkpoints.start(record, resume=args.resume)
         run = RunFolder(args.output, force=args.force or args.resume)
@@ -169,6 +186,10 @@ def main(args: argparse.Namespace) -> int:
             setup_logging(folder / "run.log", verbose=args.verbose)
             log.info("%s: %d images of %d px at %.4g Å/px; seed %d", args.images, images.shape[0], images.shape[-1],
                      data.pixel_size_in_angstroms, seed)
+            if prepared:
+                for note in prepared.notes:
+                    log.info("prepare: %s", note)
+                prepared.write(folder)
             if clipped_note:
                 log.info("%d negative pixels (%.1f%% of the absolute mass): background subtracted and negatives set "
                          "to zero (--clip-negatives)", n_negative, 100 * share)
@@ -265,6 +286,8 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     }
     if clipped_note:
         summary["negative_values"] = dict(clipped_note, action="background subtracted, negatives set to zero")
+    if record.get("prepare"):
+        summary["prepare"] = record["prepare"]
     if args.reference is not None:
         summary["reference"] = compare_with_reference(volume, pixel, args.reference, folder)
     if args.true_poses is not None:
@@ -273,6 +296,90 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     write_settings(folder, "abinitio", {k: v for k, v in vars(args).items() if not k.startswith("_")}
                    | {"resolved": record}, seed)
     return summary
+
+
+@dataclass
+class PreparedInput:
+    """Input made fit for the Poisson model by `prepare_input`: the images (as InputImages, named
+    after DIR/prepared.mrcs), what was done (notes), and the figures to write."""
+
+    data: object
+    notes: list
+    before: np.ndarray | None = None
+    prepared: object = None
+    deconvolved: object = None
+
+    def write(self, folder: Path) -> None:
+        from cryogmm.io.mrc import write_stack
+        from cryogmm.report.abinitio import plot_projections
+        from cryogmm.report.prepare import plot_prepared
+
+        if self.before is None:
+            return
+        write_stack(folder / "prepared.mrcs", self.data.images.astype(np.float32), self.data.pixel_size_in_angstroms)
+        if self.deconvolved is not None:
+            out = self.deconvolved
+            plot_projections(out.averages, out.images, folder / "deconvolved.png",
+                             labels=[f"class {c}" for c in out.class_ids], row_names=("average", "deconvolved"),
+                             title="class averages (top) and deconvolved (bottom)")
+        if self.prepared is not None:
+            plot_prepared(self.before, self.prepared, folder / "prepared.png",
+                          title="inputs with mask outline and centre of mass, masks, prepared images")
+
+
+def _needs_preparation(images: np.ndarray) -> str | None:
+    """Why the images are not counts as they are: negative values, or a background around the
+    particle (the outer ring's median above 1% of the brightest pixel); None if they are fine."""
+    from cryogmm.io.images import negative_part
+
+    n_negative, share = negative_part(images)
+    if n_negative:
+        return f"{n_negative} negative pixels ({100 * share:.1f}% of the absolute mass)"
+    n = images.shape[-1]
+    y, x = np.indices((n, n)) - n // 2
+    ring = np.hypot(x, y) >= 0.45 * n
+    level = np.median(images[:, ring], axis=1) / images.reshape(images.shape[0], -1).max(1)
+    if np.any(level > 0.01):
+        return f"a background of up to {100 * level.max():.1f}% of the peak around the particles"
+    return None
+
+
+def prepare_input(path: Path, pixel_size_in_angstroms: float | None) -> PreparedInput:
+    """What `--prepare` does: particles with classes and CTFs are deconvolved per class
+    (multi-frame, 7 defocus groups), class averages with CTFs single-frame; then images with
+    negative values or a background are masked, centred and clipped (`prepare_images`). Images
+    that are already counts-like are used as they are."""
+    from cryogmm.cli.deconvolve import run_deconvolution
+    from cryogmm.io.images import MIN_IMAGES, InputImages, read_input_images
+    from cryogmm.io.star import ctf_parameters, format_image_name, read_particles
+    from cryogmm.pipelines.prepare import prepare_images
+
+    notes, deconvolved = [], None
+    if path.suffix.lower() == ".star" and path.is_file() and ctf_parameters(read_particles(path)) is not None:
+        deconvolved, pixel, mode = run_deconvolution(path, pixel_size_in_angstroms=pixel_size_in_angstroms)
+        notes += [f"{path}: {mode} with CTFs: deconvolved"] + deconvolved.notes
+        images = deconvolved.images
+        if images.shape[0] < MIN_IMAGES:
+            raise InputError(f"{path}: {images.shape[0]} classes after deconvolution; at least {MIN_IMAGES} are needed")
+    else:
+        data = read_input_images(path, pixel_size_in_angstroms)
+        images, pixel = data.images, data.pixel_size_in_angstroms
+        if data.counts:
+            return PreparedInput(data, [f"{path}: point clouds binned to counts; nothing to prepare"])
+    reason = _needs_preparation(images)
+    prepared = None
+    if reason is None and deconvolved is None:
+        return PreparedInput(data, [f"{path}: non-negative with a zero background; used as they are"])
+    before = images
+    if reason is not None or deconvolved is not None:
+        # deconvolved images keep a faint positive haze around the particle (thesis 4.1.2): mask it too
+        notes.append(f"masking and centring: {reason or 'the deconvolved images have a faint background'}")
+        prepared = prepare_images(images, pixel, source=str(path))
+        notes += list(prepared.notes)
+        images, pixel = prepared.images, prepared.pixel_size_in_angstroms
+    names = [format_image_name(i, "prepared.mrcs") for i in range(images.shape[0])]
+    return PreparedInput(InputImages(np.asarray(images, dtype=np.float64), float(pixel), names, path), notes,
+                         before, prepared, deconvolved)
 
 
 def optics_of(data) -> dict:

@@ -54,8 +54,16 @@ def _point_clouds(path: Path, pixel_size_in_angstroms: float | None) -> InputIma
     return InputImages(images, float(pixel_size_in_angstroms), names, path, counts=True)
 
 
+def _is_model_star(path: Path) -> bool:
+    """A RELION 2D-classification `_model.star` (class averages), not a particle STAR."""
+    with open(path, "rb") as handle:
+        return b"data_model_classes" in handle.read(1 << 20)
+
+
 def read_input_images(path: str | os.PathLike, pixel_size_in_angstroms: float | None = None) -> InputImages:
-    """Read images for `abinitio`/`reconstruct`: `.mrcs`/`.mrc` stack, `.star`, or `.npz` clouds.
+    """Read images for `abinitio`/`reconstruct`: `.mrcs`/`.mrc` stack, `.star` (particles or class
+    averages, or a RELION 2D-classification `_model.star` with its `_classes.mrcs`, empty classes
+    dropped), or `.npz` clouds.
 
     Refuses (InputError): missing files, non-square images, fewer than 3 images, NaN/inf,
     all-zero images.
@@ -66,6 +74,12 @@ def read_input_images(path: str | os.PathLike, pixel_size_in_angstroms: float | 
     suffix = path.suffix.lower()
     if suffix == ".npz":
         result = _point_clouds(path, pixel_size_in_angstroms)
+    elif suffix == ".star" and _is_model_star(path):
+        from cryogmm.io.classes import drop_empty_classes, read_class_averages
+
+        classes = drop_empty_classes(read_class_averages(path, pixel_size_in_angstroms=pixel_size_in_angstroms))
+        result = InputImages(np.asarray(classes.images, dtype=np.float64), classes.pixel_size_in_angstroms,
+                             list(classes.names), path)
     elif suffix == ".star":
         table = read_particles(path)
         images, pixel = load_images(table, pixel_size_in_angstroms=pixel_size_in_angstroms)

@@ -200,6 +200,9 @@ def main(args: argparse.Namespace) -> int:
             log.info("best restart %d of %d; sigma %.2f Å; %d samples averaged; %.1f s in all",
                      result.best_restart + 1, settings.n_restarts, result.mixture.sigma_in_angstroms,
                      result.n_samples, result.timings["total_seconds"])
+            ccs = summary["projection_cross_correlations"]
+            log.info("inputs against the projections of the result: cross-correlation median %.4f, lowest %.4f "
+                     "(image %d)", float(np.median(ccs)), min(ccs), int(np.argmin(ccs)) + 1)
             for key in ("fsc_0.5_in_angstroms", "fsc_0.143_in_angstroms", "cross_correlation"):
                 if key in summary.get("reference", {}):
                     log.info("against %s: %s = %s", args.reference, key, summary["reference"][key])
@@ -239,6 +242,7 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     from cryogmm.io.pseudoatoms import write_pseudoatoms_cif, write_pseudoatoms_pdb
     from cryogmm.io.runs import write_json, write_settings
     from cryogmm.io.star import poses_to_columns, write_particles
+    from cryogmm.metrics.correlation import cross_correlation
     from cryogmm.mixture import GaussianMixture, evaluate, project
     from cryogmm.report.abinitio import plot_projections, plot_restarts
 
@@ -283,6 +287,9 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
         "sigma_in_angstroms": result.mixture.sigma_in_angstroms,
         "n_components": settings.n_components, "n_samples_averaged": result.n_samples,
         "timings_in_seconds": result.timings,
+        # how well the model explains each input: cross-correlation (Eqn. 3.3) of the image with
+        # the projection of the best sample along the image's estimated pose
+        "projection_cross_correlations": [cross_correlation(a, b) for a, b in zip(images, projections)],
     }
     if clipped_note:
         summary["negative_values"] = dict(clipped_note, action="background subtracted, negatives set to zero")

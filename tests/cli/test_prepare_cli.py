@@ -162,3 +162,23 @@ def test_betagal(shared_data, tmp_path, capsys):
     fractions = np.array([im["masked_fraction"] for im in record["images"]])
     # a particle of about 130-170 Å across at 3.54 Å/px covers 5-25% of the 100 x 100 box
     assert np.all((fractions > 0.05) & (fractions < 0.25))
+
+
+def test_relion_model_star_input_drops_empty_classes(tmp_path):
+    from pathlib import Path
+
+    from cryogmm.io.classes import ClassAverageSet, write_class_averages
+    from cryogmm.io.images import read_input_images
+
+    images = np.concatenate([blobs() + 2.0, np.zeros((1, N, N))])  # the last class is empty
+    classes = ClassAverageSet(images, PIXEL, tuple(f"{i + 1:06d}@run_it025_classes.mrcs" for i in range(4)),
+                              np.array([0.4, 0.3, 0.3, 0.0]), np.full(4, 30.0), Path("run_it025_model.star"))
+    write_class_averages(tmp_path / "run_it025_model.star", classes)
+    model = tmp_path / "run_it025_model.star"
+    read = read_input_images(model)
+    assert read.images.shape == (3, N, N) and read.pixel_size_in_angstroms == pytest.approx(PIXEL)
+    assert main(["prepare", str(model), "--output", str(tmp_path / "out.mrcs")]) == 0
+    prepared = read_stack(tmp_path / "out.mrcs").data
+    assert prepared.shape == (3, N, N) and prepared.min() >= 0
+    record = json.loads((tmp_path / "out_prepare.json").read_text())
+    assert [image["name"] for image in record["images"]] == [f"{i + 1:06d}@run_it025_classes.mrcs" for i in range(3)]

@@ -1,7 +1,8 @@
 """Prepare class averages for the Poisson model: background, polarity, mask, centre, clip.
 
 STACK is an .mrcs stack (pixel size from the header unless --pixel-size; a header pixel size of
-0 or 1 Å is a placeholder and needs --pixel-size) or a STAR file of class averages or particles.
+0 or 1 Å is a placeholder and needs --pixel-size), a STAR file of class averages or particles, or
+a RELION 2D-classification _model.star (its _classes.mrcs; empty classes dropped).
 Steps: optional Fourier crop to --box; subtract each image's background (median of its outer
 ring); invert the contrast if the particles are darker than the background (--invert auto);
 mask each image (--mask auto: threshold of the low-passed image, the connected region with the
@@ -101,7 +102,15 @@ def read_images(path: Path, pixel_size_in_angstroms: float | None) -> tuple[np.n
     from cryogmm.io.mrc import read_stack
     from cryogmm.io.star import PLACEHOLDER_HEADER_PIXEL_SIZES, format_image_name, load_images, read_particles
 
-    if path.suffix.lower() == ".star":
+    from cryogmm.io.images import is_model_star
+
+    if path.suffix.lower() == ".star" and is_model_star(path):
+        from cryogmm.io.classes import drop_empty_classes, read_class_averages
+
+        classes = drop_empty_classes(read_class_averages(path, pixel_size_in_angstroms=pixel_size_in_angstroms))
+        images, pixel, names = classes.images, classes.pixel_size_in_angstroms, list(classes.names)
+        from_header = False
+    elif path.suffix.lower() == ".star":
         table = read_particles(path)
         images, pixel = load_images(table, pixel_size_in_angstroms=pixel_size_in_angstroms)
         names = table.particles["rlnImageName"].astype(str).tolist()

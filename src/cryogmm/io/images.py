@@ -54,7 +54,7 @@ def _point_clouds(path: Path, pixel_size_in_angstroms: float | None) -> InputIma
     return InputImages(images, float(pixel_size_in_angstroms), names, path, counts=True)
 
 
-def _is_model_star(path: Path) -> bool:
+def is_model_star(path: Path) -> bool:
     """A RELION 2D-classification `_model.star` (class averages), not a particle STAR."""
     with open(path, "rb") as handle:
         return b"data_model_classes" in handle.read(1 << 20)
@@ -74,7 +74,7 @@ def read_input_images(path: str | os.PathLike, pixel_size_in_angstroms: float | 
     suffix = path.suffix.lower()
     if suffix == ".npz":
         result = _point_clouds(path, pixel_size_in_angstroms)
-    elif suffix == ".star" and _is_model_star(path):
+    elif suffix == ".star" and is_model_star(path):
         from cryogmm.io.classes import drop_empty_classes, read_class_averages
 
         classes = drop_empty_classes(read_class_averages(path, pixel_size_in_angstroms=pixel_size_in_angstroms))

@@ -20,7 +20,8 @@ from cryogmm.io.pseudoatoms import write_pseudoatoms_pdb
 from cryogmm.io.star import columns_to_poses, poses_to_columns, read_particles, write_particles
 from cryogmm.metrics.alignment import rotation_errors
 from cryogmm.mixture import GaussianMixture, evaluate, project
-from cryogmm.pipelines.orientations import estimate_orientations, mean_rotation
+from cryogmm.geometry.so3 import mean_rotation
+from cryogmm.pipelines.orientations import estimate_orientations
 
 BOX, PIXEL, N_IMAGES = 32, 4.0, 30
 FAST = dict(n_counts=20000, n_rotations=1000, n_steps=20, burn_in=10)

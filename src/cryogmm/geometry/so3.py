@@ -71,3 +71,12 @@ def rotation_angle_in_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     rel = np.swapaxes(np.asarray(a), -1, -2) @ np.asarray(b)
     cos = np.clip((np.trace(rel, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
     return np.degrees(np.arccos(cos))
+
+
+def mean_rotation(samples: np.ndarray) -> np.ndarray:
+    """Chordal L2 mean of rotation samples (S, P, 3, 3) per image: the SO(3) matrix nearest the
+    arithmetic mean of the matrices (SVD with the sign fixed), shape (P, 3, 3)."""
+    u, _, vt = np.linalg.svd(np.asarray(samples).mean(axis=0))
+    d = np.ones(u.shape[:-1])
+    d[..., -1] = np.sign(np.linalg.det(u @ vt))
+    return (u * d[..., None, :]) @ vt

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from cryogmm.geometry.so3 import mean_rotation
 from cryogmm.geometry.symmetry import canonical_symmetry_name, symmetry_operators
 from cryogmm.grid import Grid
 from cryogmm.mixture import GaussianMixture, evaluate
@@ -174,8 +175,10 @@ def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCo
             state, _ = global_rotation_step(rng, rotation_sampler, state, settings.n_rotations)
             for spread in settings.local_spreads_in_degrees:
                 state, _ = local_rotation_search(rng, rotation_sampler, state, settings.local_candidates, spread)
+            samples = []
             for _ in range(settings.rotation_steps):
                 state, info = rotation_sampler.step(rng, state)
+                samples.append(state.rotations)
                 trace.append(info["log_posterior"])
                 bar.update(1)
             bar.set_postfix(log_posterior=f"{trace[-1]:.6g}", refresh=False)
@@ -183,7 +186,10 @@ def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCo
         bar.close()
     log_posterior = mixture_sampler.log_posterior(state)
     trace.append(log_posterior)
-    return RestartResult(index, log_posterior, state.mixture, state.rotations, np.asarray(trace),
+    # the restart's orientations: the mean of the last cycle's rotation samples (one draw at 1000
+    # counts scatters by several degrees); the log-posterior is that of the last state
+    rotations = mean_rotation(np.stack(samples)) if samples else state.rotations
+    return RestartResult(index, log_posterior, state.mixture, rotations, np.asarray(trace),
                          time.perf_counter() - start)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cryogmm.errors import InputError
+from cryogmm.geometry.so3 import mean_rotation
 from cryogmm.geometry.symmetry import symmetry_operators
 from cryogmm.mixture import GaussianMixture
 from cryogmm.pipelines.abinitio import images_to_counts
@@ -43,15 +44,6 @@ class OrientationResult:
     log_likelihoods: np.ndarray
     n_samples: int
     timings: dict = field(default_factory=dict)
-
-
-def mean_rotation(samples: np.ndarray) -> np.ndarray:
-    """Chordal L2 mean of rotation samples (S, P, 3, 3) per image: the SO(3) matrix nearest the
-    arithmetic mean of the matrices (SVD with the sign fixed), shape (P, 3, 3)."""
-    u, _, vt = np.linalg.svd(np.asarray(samples).mean(axis=0))
-    d = np.ones(u.shape[:-1])
-    d[..., -1] = np.sign(np.linalg.det(u @ vt))
-    return (u * d[..., None, :]) @ vt
 
 
 def estimate_orientations(images, pixel_size_in_angstroms: float, mixture: GaussianMixture, *,

@@ -188,7 +188,8 @@ class ProjectedGibbsSampler:
         object.__setattr__(self, "_uniforms", np.empty(int(uniform_offsets[-1])))
         object.__setattr__(self, "_uniform_offsets", uniform_offsets)
         object.__setattr__(self, "_exponential_offsets", exponential_offsets)
-        object.__setattr__(self, "_exponentials", np.empty(int(exponential_offsets[-1])))
+        # single precision: numpy draws them ~1.6x faster, and the kernel sums them in double
+        object.__setattr__(self, "_exponentials", np.empty(int(exponential_offsets[-1]), dtype=np.float32))
         grid = self.data.grid
         object.__setattr__(self, "_origin", np.array([grid.origin_in_angstroms[0], grid.origin_in_angstroms[1], 0.0]))
 
@@ -211,14 +212,16 @@ class ProjectedGibbsSampler:
 
     def statistics(self, state: ProjectedState, rng: np.random.Generator | None) -> ProjectedStatistics:
         """Sampled (rng given) or expected (rng None) assignment statistics of all images."""
-        full = expand_symmetry(state.mixture, self.symmetry_operators)
+        return self._statistics(expand_symmetry(state.mixture, self.symmetry_operators), state, rng)
+
+    def _statistics(self, full: GaussianMixture, state: ProjectedState, rng) -> ProjectedStatistics:
         means = projected_means(full.means_in_angstroms, state.rotations, state.translations_in_angstroms)
         s = full.precision_per_square_angstrom
         amplitudes = full.weights * s / (2 * np.pi)  # 2D normalisation of the projected Gaussians
         sample = rng is not None
         exponentials = self._exponentials
         if sample:
-            rng.standard_exponential(out=exponentials)
+            rng.standard_exponential(out=exponentials, dtype=np.float32)
         n, sums, q, ll, lost = projected_statistics_kernel(
             self.data.counts, self._rows, means, amplitudes, float(s), self._origin,
             self.data.pixel_size_in_angstroms, float(self.cutoff_sigmas), exponentials,
@@ -237,7 +240,7 @@ class ProjectedGibbsSampler:
         ops = self.symmetry_operators
         g, k = ops.shape[0], mixture.n_components
         full_old = expand_symmetry(mixture, ops)
-        stats = self.statistics(state, rng)
+        stats = self._statistics(full_old, state, rng)
         s_old = mixture.precision_per_square_angstrom
         d, tau = _missing_statistics(rng, stats.n, s_old)
         # offsets of the 3D points from R_i mu_gk + t_i, in the image frame

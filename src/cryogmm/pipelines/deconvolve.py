@@ -11,8 +11,8 @@ Two inputs:
 
 Particles are cut from micrographs, so their CTF acts as a linear convolution: with `pad` the
 class image is solved in a box twice the size (the data zero-padded, the CTFs sampled on the
-larger grid) and cropped back, which keeps the CTF's spread of the particle beyond the box edge
-from wrapping round.
+larger grid) with the image constrained to zero outside the original box, which keeps the CTF's
+spread of the particle beyond the box edge from wrapping round.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _padded(images: np.ndarray, box: int) -> tuple[np.ndarray, int]:
 
 def _solve(group_images, group_ctfs, group_weights, n, box, alpha, polarity):
     padded, offset = _padded(group_images, box)
-    result = deconvolve(padded, group_ctfs, group_weights, alpha=alpha, polarity=polarity)
+    result = deconvolve(padded, group_ctfs, group_weights, alpha=alpha, polarity=polarity, support_box=n)
     return result, result.images[:, offset:offset + n, offset:offset + n]
 
 

@@ -406,18 +406,26 @@ def _polarity_statistic(terms: _FourierTerms, alpha: np.ndarray) -> np.ndarray:
 
 
 def _solve(operator: np.ndarray, data: np.ndarray, energy: np.ndarray, start: np.ndarray, *,
-           max_iterations: int, tolerance: float, fast: bool = True):
-    """Minimise Eqn. 4.3 under y >= 0 for a batch of classes with one L-BFGS-B run.
+           max_iterations: int, tolerance: float, fast: bool = True, support_box: int | None = None):
+    """Minimise Eqn. 4.3 under y >= 0 for a batch of classes with one L-BFGS-B run; with
+    `support_box` s, y is also zero outside the centred s x s window (only its pixels are
+    variables).
 
     Returns (y (C, n, n), summed loss, iterations, converged).
     """
     shape = start.shape
+    n = shape[-1]
+    s = n if support_box is None else int(support_box)
+    lo = (n - s) // 2
+    window = (slice(None), slice(lo, lo + s), slice(lo, lo + s))
+    full = np.zeros(shape)
 
     def fun(x):
-        losses, gradient = _loss_and_gradient(x.reshape(shape), operator, data, energy)
-        return float(losses.sum()), gradient.ravel()
+        full[window] = x.reshape(shape[0], s, s)
+        losses, gradient = _loss_and_gradient(full, operator, data, energy)
+        return float(losses.sum()), np.ascontiguousarray(gradient[window]).ravel()
 
-    x0 = np.maximum(start, 0.0).ravel()
+    x0 = np.maximum(start[window], 0.0).ravel()
     options = {"maxiter": max_iterations, "ftol": tolerance, "gtol": 0.0, "maxcor": LBFGS_MEMORY}
     with _single_threaded_blas():
         if fast and _setulb_signature_known():
@@ -427,7 +435,8 @@ def _solve(operator: np.ndarray, data: np.ndarray, energy: np.ndarray, start: np
                               options=options)
             x, iterations = result.x, int(result.nit)
             converged = bool(result.success)
-    y = x.reshape(shape)
+    y = np.zeros(shape)
+    y[window] = x.reshape(shape[0], s, s)
     losses, _ = _loss_and_gradient(y, operator, data, energy)
     return y, losses.sum(), iterations, converged
 
@@ -533,7 +542,7 @@ def _decide_polarity(terms: _FourierTerms, alpha: np.ndarray) -> tuple[int, str]
 
 def deconvolve(group_images, group_ctfs, group_weights=None, *, alpha=None, polarity="auto",
                max_iterations: int = DEFAULT_MAX_ITERATIONS, tolerance: float = DEFAULT_TOLERANCE,
-               alpha_grid=None) -> DeconvolutionResult:
+               alpha_grid=None, support_box: int | None = None) -> DeconvolutionResult:
     """Non-negative MAP deconvolution of class averages from their defocus-group averages.
 
     Minimises Eqn. 4.3 (Eqn. 4.4 when G = 1) under y >= 0 with L-BFGS-B, one class at a time,
@@ -569,6 +578,11 @@ def deconvolve(group_images, group_ctfs, group_weights=None, *, alpha=None, pola
         the images within about 0.5 % (rms) of the exact minimiser in the benchmark.
     alpha_grid : array, optional
         Alphas tried by `choose_alpha` when alpha is None.
+    support_box : int, optional
+        Constrain y to zero outside the centred support_box x support_box window (<= n). With
+        images zero-padded from that size and CTFs sampled on the padded grid, this is the linear
+        convolution of a particle cut from a micrograph, with as many unknowns as the unpadded
+        problem (alpha and polarity are still chosen on the whole padded grid).
 
     Returns
     -------
@@ -577,6 +591,8 @@ def deconvolve(group_images, group_ctfs, group_weights=None, *, alpha=None, pola
     """
     images, ctfs, weights, _ = _as_groups(group_images, group_ctfs, group_weights)
     c, _, n, _ = images.shape
+    if support_box is not None and not 1 <= int(support_box) <= n:
+        raise InputError(f"support_box must be between 1 and the box {n}, got {support_box}")
     if int(max_iterations) < 1:
         raise InputError(f"max_iterations must be at least 1, got {max_iterations}")
     if not np.isfinite(tolerance) or tolerance <= 0:
@@ -614,7 +630,7 @@ def deconvolve(group_images, group_ctfs, group_weights=None, *, alpha=None, pola
         operator = terms.h[i:i + 1] + alpha_values[i] * penalty
         out[i], losses[i], iterations[i], converged[i] = _solve(
             operator, data[i:i + 1], terms.energy[i:i + 1], start[i:i + 1],
-            max_iterations=int(max_iterations), tolerance=tolerance)
+            max_iterations=int(max_iterations), tolerance=tolerance, support_box=support_box)
     logger.info("deconvolved %d classes (%d groups, %d px): median %d L-BFGS-B iterations, "
                 "%d not converged; alpha %s (median %.3g); polarity %+d (%s)", c, images.shape[1], n,
                 np.median(iterations), np.sum(~converged), alpha_rule, np.median(alpha_values), sign,

@@ -207,7 +207,9 @@ def main(args: argparse.Namespace) -> int:
                 if key in summary.get("reference", {}):
                     log.info("against %s: %s = %s", args.reference, key, summary["reference"][key])
             if "rotation_errors" in summary:
-                log.info("rotation errors against %s: %s", args.true_poses, summary["rotation_errors"]["best_restart"])
+                errors = summary["rotation_errors"]
+                log.info("rotation errors against %s: final %s; chosen restart %s", args.true_poses,
+                         errors["refinement"], errors["best_restart"])
             log.info("wrote %s", args.output)
         checkpoints.remove()
     finally:

@@ -273,6 +273,12 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     grid2 = Grid.centered((n, n), pixel)
     projections = np.stack([evaluate(project(result.full_mixture, r, t), grid2)
                             for r, t in zip(result.rotations, result.translations_in_angstroms)])
+    compared = images
+    if data.counts:  # a sparse count image correlates poorly with anything smooth: smooth it alike
+        from scipy import ndimage
+
+        sigma_in_pixels = result.mixture.sigma_in_angstroms / pixel
+        compared = np.stack([ndimage.gaussian_filter(image, sigma_in_pixels) for image in images])
     plot_projections(images, projections, folder / "projections.png", max_images=12,
                      title=f"{Path(args.images).name}: inputs (top) and projections of the result (bottom)")
     plot_restarts([r.trace for r in result.restarts], result.best_restart, result.refine_trace,
@@ -291,8 +297,11 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
         "timings_in_seconds": result.timings,
         # how well the model explains each input: cross-correlation (Eqn. 3.3) of the image with
         # the projection of the best sample along the image's estimated pose
-        "projection_cross_correlations": [cross_correlation(a, b) for a, b in zip(images, projections)],
+        "projection_cross_correlations": [cross_correlation(a, b) for a, b in zip(compared, projections)],
     }
+    if data.counts:
+        summary["projection_cross_correlations_note"] = (
+            "point clouds: each binned input smoothed by a Gaussian of the components' sigma before comparing")
     if clipped_note:
         summary["negative_values"] = dict(clipped_note, action="background subtracted, negatives set to zero")
     if record.get("prepare"):

@@ -347,7 +347,7 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
                 moved, search = basin_search(rng, rotation_only, state, n_rotations=settings.n_rotations,
                                              max_shift_in_pixels=shift_pixels if translations else 0)
                 if search["moved"]:
-                    logger.info("refinement step %d: %d images moved to a better basin (log-likelihood +%.4g)",
+                    logger.info("refinement step %d: %d images moved to another basin (log-likelihood %+.4g)",
                                 step, search["moved"], search["gain"])
                 state = ProjectedState(moved.mixture, moved.rotations, moved.translations_in_angstroms, step + 1)
                 info = {"log_posterior": trace[-1] if trace else np.nan,

@@ -118,7 +118,10 @@ def test_missing_ctf_columns_and_existing_outputs(particles, tmp_path, capsys):
     assert "no CTF columns" in capsys.readouterr().err
     assert not (tmp_path / "x.mrcs").exists()
     output = tmp_path / "d.mrcs"
-    assert main(["deconvolve", str(particles / "particles.star"), "--groups", "2", "--output", str(output)]) == 0
+    assert main(["deconvolve", str(particles / "particles.star"), "--groups", "2", "--averages",
+                 "--output", str(output)]) == 0
+    averages = read_stack(tmp_path / "d_averages.mrcs").data
+    assert averages.shape == (4, 40, 40) and averages.min() < 0  # CTF-weighted: negative fringes
     before = output.read_bytes()
     assert main(["deconvolve", str(particles / "particles.star"), "--output", str(output)]) == 2
     assert "exists" in capsys.readouterr().err and output.read_bytes() == before

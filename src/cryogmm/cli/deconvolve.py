@@ -18,7 +18,8 @@ twice the size) unless --no-pad.
 Outputs: OUT.mrcs (the deconvolved class images, float32, bright on zero background; mask them
 with `cryogmm prepare` before `abinitio`), OUT.star (one row per class: image name and
 rlnClassNumber), OUT_deconvolve.json (settings, version, alpha per class and its rule, polarity,
-particle and group counts, time) and OUT_deconvolve.png (class averages above deconvolved images).
+particle and group counts, time) and OUT_deconvolve.png (class averages above deconvolved images);
+with --averages also OUT_averages.mrcs, the plain aligned class averages (CTF-weighted).
 
 Example:
     cryogmm deconvolve polII_particles/particles.star --groups 7 --output polII_deconvolved.mrcs
@@ -49,15 +50,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", choices=tuple(POLARITIES), default="auto",
                         help="particle contrast: auto (default), bright (RELION), dark")
     parser.add_argument("--no-pad", action="store_true", help="circular convolution in the image box (faster)")
+    parser.add_argument("--averages", action="store_true",
+                        help="also write the plain aligned class averages (before deconvolution) to OUT_averages.mrcs")
     parser.add_argument("--pixel-size", type=float, default=None, help="pixel size in Å (default: from the files)")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder of the image stacks (default: next to STAR)")
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
 
 
-def output_paths(output: Path) -> dict[str, Path]:
+def output_paths(output: Path, averages: bool = False) -> dict[str, Path]:
     stem = output.with_suffix("")
-    return {"stack": output, "star": stem.with_suffix(".star"),
-            "json": stem.with_name(f"{stem.name}_deconvolve.json"), "png": stem.with_name(f"{stem.name}_deconvolve.png")}
+    paths = {"stack": output, "star": stem.with_suffix(".star"),
+             "json": stem.with_name(f"{stem.name}_deconvolve.json"),
+             "png": stem.with_name(f"{stem.name}_deconvolve.png")}
+    if averages:
+        paths["averages"] = stem.with_name(f"{stem.name}_averages.mrcs")
+    return paths
 
 
 def _check_args(args: argparse.Namespace) -> dict[str, Path]:
@@ -75,7 +82,7 @@ def _check_args(args: argparse.Namespace) -> dict[str, Path]:
         raise InputError(f"{args.input}: deconvolution needs the CTF of each image; give a STAR file with CTF columns")
     if not args.output.parent.is_dir():
         raise InputError(f"--output {args.output}: folder {args.output.parent} does not exist; create it first")
-    paths = output_paths(args.output)
+    paths = output_paths(args.output, args.averages)
     for path in paths.values():
         if path.resolve() == args.input.resolve():
             raise InputError(f"--output {args.output}: would overwrite the input {args.input}; choose another name")
@@ -149,6 +156,9 @@ def main(args: argparse.Namespace) -> int:
         plot_projections(out.averages, out.images, png_tmp, labels=[f"class {c}" for c in out.class_ids],
                          title=f"{args.input.name}: class averages (top) and deconvolved (bottom)",
                          row_names=("average", "deconvolved"))
+        if args.averages:
+            with atomic_output(paths["averages"]) as averages_tmp:
+                write_stack(averages_tmp, np.asarray(out.averages, dtype=np.float32), pixel)
     for path in paths.values():
         print(f"wrote {path}")
     print(f"deconvolved {out.images.shape[0]} classes in {record['seconds']:.1f} s")

@@ -52,8 +52,14 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, phantom_images, limit):
     folder.start({"seed": 3}, resume=False)
     with pytest.raises(Interrupt):
         run_abinitio(images, 6.0, settings, seed=3, checkpoint=folder)
-    # limit 1: one restart saved; limit 4: both restarts and two refinement checkpoints
+    # limit 1: one restart saved; limit 4: both restarts, the initial stage's time and one
+    # refinement checkpoint
     resumed = run_abinitio(images, 6.0, settings, seed=3, checkpoint=CheckpointFolder(tmp_path / "ckpt"))
+    # the timings cover the work done before the interruption too
+    timings = resumed.timings
+    assert timings["resumed"] and "resumed" not in reference.timings
+    assert timings["initial_stage_seconds"] >= max(r.seconds for r in resumed.restarts[:limit])
+    assert timings["total_seconds"] == pytest.approx(timings["initial_stage_seconds"] + timings["refinement_seconds"])
     assert resumed.best_restart == reference.best_restart
     np.testing.assert_array_equal([r.log_posterior for r in resumed.restarts],
                                   [r.log_posterior for r in reference.restarts])

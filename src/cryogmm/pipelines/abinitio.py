@@ -228,20 +228,26 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
                 initial.pixel_size_in_angstroms, settings.initial_counts, settings.n_rotations, settings.symmetry)
 
     restarts: dict[int, RestartResult] = {}
+    # wall time spent before an interruption (from the checkpoints), so that a resumed run's
+    # timings cover the whole run; the time after the last checkpoint is lost work, not counted
+    before = 0.0
     if checkpoint is not None:
         for i in range(settings.n_restarts):
             saved = checkpoint.load(f"restart_{i}")
             if saved is not None:
                 restarts[i] = _restart_from_dict(saved)
+                before = max(before, float(saved.get("stage_elapsed_seconds", 0.0)))
         if restarts:
             logger.info("resuming: %d of %d restarts already done", len(restarts), settings.n_restarts)
+            timings["resumed"] = True
     todo = [i for i in range(settings.n_restarts) if i not in restarts]
 
     def finished(result: RestartResult) -> None:
         restarts[result.index] = result
         logger.info("restart %d: log-posterior %.6g (%.1f s)", result.index + 1, result.log_posterior, result.seconds)
         if checkpoint is not None:
-            checkpoint.save(f"restart_{result.index}", _restart_to_dict(result))
+            checkpoint.save(f"restart_{result.index}", {
+                **_restart_to_dict(result), "stage_elapsed_seconds": np.array(before + time.perf_counter() - t0)})
 
     if todo and map_restarts is not None:
         for result in map_restarts(lambda i: run_restart(i, seeds[i], initial, settings), todo):
@@ -266,13 +272,19 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
             finished(run_restart(i, seeds[i], initial, settings, progress))
     ranked = sorted(restarts.values(), key=lambda r: -r.log_posterior)
     best = ranked[0]
-    timings["initial_stage_seconds"] = time.perf_counter() - t0
+    if checkpoint is not None and todo:
+        checkpoint.save("initial_stage", {"seconds": np.array(before + time.perf_counter() - t0)})
+    saved_stage = checkpoint.load("initial_stage") if checkpoint is not None else None
+    if not todo and saved_stage is not None:  # every restart came from the checkpoints
+        timings["initial_stage_seconds"] = float(saved_stage["seconds"])
+    else:
+        timings["initial_stage_seconds"] = before + time.perf_counter() - t0
     logger.info("best restart: %d (log-posterior %.6g)", best.index + 1, best.log_posterior)
 
     t1 = time.perf_counter()
-    refine = _refine(images, pixel_size_in_angstroms, settings, seeds[-1], best, checkpoint, progress)
-    timings["refinement_seconds"] = time.perf_counter() - t1
-    timings["total_seconds"] = time.perf_counter() - t0
+    refine = _refine(images, pixel_size_in_angstroms, settings, seeds[-1], best, checkpoint, progress, timings)
+    timings["refinement_seconds"] = timings.pop("refinement_seconds_before_resume", 0.0) + time.perf_counter() - t1
+    timings["total_seconds"] = timings["initial_stage_seconds"] + timings["refinement_seconds"]
     return AbinitioResult(settings=settings, restarts=[restarts[i] for i in range(settings.n_restarts)],
                           best_restart=best.index, timings=timings, **refine)
 
@@ -284,8 +296,11 @@ def _init_worker(n_threads: int) -> None:
 
 
 def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_sequence, best: RestartResult,
-            checkpoint, progress: bool) -> dict:
-    """The refinement stage; returns the fields of AbinitioResult it owns."""
+            checkpoint, progress: bool, timings: dict | None = None) -> dict:
+    """The refinement stage; returns the fields of AbinitioResult it owns. On resume, the
+    refinement's wall time before the interruption goes to timings["refinement_seconds_before_resume"]."""
+    started = time.perf_counter()
+    before = 0.0
     data = images_to_counts(images, pixel_size_in_angstroms, images.shape[-1], settings.refine_counts)
     ops = symmetry_operators(settings.symmetry)
     prior = default_projection_prior(data)
@@ -322,6 +337,10 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
         best_state = ProjectedState(_mixture_from("best_", saved), np.asarray(saved["best_rotations"]),
                                     np.asarray(saved["best_translations"]))
         logger.info("resuming the refinement at step %d of %d", state.step, total)
+        before = float(saved.get("elapsed_seconds", 0.0))
+        if timings is not None:
+            timings["refinement_seconds_before_resume"] = before
+            timings["resumed"] = True
     else:
         state = warmup.init(rng, rotations=best.rotations)
         trace, sigmas = [], []
@@ -370,6 +389,7 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
                                 sigma=f"{info['sigma_in_angstroms']:.3g}", refresh=False)
             if checkpoint is not None and state.step % settings.checkpoint_every == 0 and state.step < total:
                 checkpoint.save("refinement", {
+                    "elapsed_seconds": np.array(before + time.perf_counter() - started),
                     "rng": _rng_state(rng), "rotations": state.rotations, "translations": state.translations_in_angstroms,
                     "step": np.array(state.step), "trace": np.asarray(trace), "sigmas": np.asarray(sigmas),
                     "mean_sum": mean_sum, "n_samples": np.array(n_samples), "best_log_posterior": np.array(best_lp),

@@ -32,7 +32,10 @@ EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cryogmm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cryogmm", description="Gaussian-mixture (pseudo-atom) initial models and tools for single-particle "
+        "cryo-EM. `cryogmm COMMAND --help` explains a command; `cryogmm demo` runs the whole ab initio pipeline "
+        "on a built-in phantom.")
     parser.add_argument("--version", action="version", version=f"cryogmm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():

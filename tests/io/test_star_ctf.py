@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import mrcfile
 import numpy as np
@@ -84,20 +83,18 @@ def test_partial_ctf_columns_are_refused(tmp_path):
                                "rlnSphericalAberration, rlnAmplitudeContrast; provide all CTF columns or none")
     path = _old_star(tmp_path / "v_only.star", {"rlnImageName": _names(1), "rlnDefocusV": [1e4], "rlnVoltage": [300],
                                                 "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]})
-    with pytest.raises(InputError, match="has rlnDefocusV but not rlnDefocusU;"):
+    with pytest.raises(InputError, match="has rlnDefocusV but not rlnDefocusU, rlnDefocusAngle;"):
         ctf_parameters(read_particles(path))
 
 
-def test_u_only_files_mean_no_astigmatism(tmp_path, caplog):
+def test_u_only_files_are_refused_with_the_fix(tmp_path):
+    # all CTF columns or none: an old U-only file is refused, and told how to complete it
     path = _old_star(tmp_path / "old.star", {"rlnImageName": _names(2), "rlnDefocusU": [15000.0, 16000.0],
                                              "rlnVoltage": [200, 200], "rlnSphericalAberration": [2.0, 2.0],
                                              "rlnAmplitudeContrast": [0.1, 0.1]})
-    with caplog.at_level(logging.WARNING, logger="cryogmm"):
-        params = ctf_parameters(read_particles(path))
-    np.testing.assert_array_equal(params.defocus_v_in_angstroms, [15000.0, 16000.0])
-    np.testing.assert_array_equal(params.defocus_angle_in_degrees, [0.0, 0.0])
-    np.testing.assert_array_equal(params.voltage_in_kv, [200.0, 200.0])
-    assert "no rlnDefocusV column" in caplog.text and "no rlnDefocusAngle column" in caplog.text
+    with pytest.raises(InputError, match=r"has rlnDefocusU but not rlnDefocusV, rlnDefocusAngle; provide all CTF "
+                                         r"columns or none \(without astigmatism: rlnDefocusV = rlnDefocusU"):
+        ctf_parameters(read_particles(path))
 
 
 @pytest.mark.parametrize("column, value, words", [

@@ -69,7 +69,8 @@ CTF_COLUMNS = {
     "rlnCtfScalefactor": "scale",
 }
 _DEFOCUS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
-_REQUIRED_CTF = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+_REQUIRED_CTF = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
+                 "rlnAmplitudeContrast")
 
 
 @dataclass(frozen=True, eq=False)
@@ -446,10 +447,9 @@ def ctf_parameters(table: ParticleTable) -> CTFParameters | None:
     `rlnCtfScalefactor` are optional (0, 0 and 1 when absent).
 
     A file without any defocus column has no CTF (None), even if it names a voltage. Once a
-    defocus is given, voltage, spherical aberration and amplitude contrast must be given too.
-    As RELION does (`CTF::read`), a missing `rlnDefocusV` means no astigmatism (V = U) and a
-    missing `rlnDefocusAngle` means 0 degrees; both are logged as warnings, because files of
-    current programs always carry them.
+    defocus is given, all six columns (U, V, angle, voltage, spherical aberration, amplitude
+    contrast) must be there: a partial set is refused rather than completed by guesses (RELION
+    itself reads a missing V as U and a missing angle as 0; the message says how to add them).
 
     Raises
     ------
@@ -463,12 +463,11 @@ def ctf_parameters(table: ParticleTable) -> CTFParameters | None:
         return None
     missing = [name for name in _REQUIRED_CTF if name not in df.columns]
     if missing:
+        hint = ""
+        if {"rlnDefocusV", "rlnDefocusAngle"} & set(missing) and "rlnDefocusU" not in missing:
+            hint = " (without astigmatism: rlnDefocusV = rlnDefocusU and rlnDefocusAngle = 0)"
         raise InputError(f"{path}: has {', '.join(defocus)} but not {', '.join(missing)}; "
-                         "provide all CTF columns or none")
-    for name in ("rlnDefocusV", "rlnDefocusAngle"):
-        if name not in df.columns:
-            logger.warning("%s: no %s column; taking %s (no astigmatism), as RELION does", path, name,
-                           "V = U" if name == "rlnDefocusV" else "angle 0")
+                         f"provide all CTF columns or none{hint}")
     values = {}
     for name, field in CTF_COLUMNS.items():
         if name in df.columns:
@@ -479,8 +478,6 @@ def ctf_parameters(table: ParticleTable) -> CTFParameters | None:
                 if bad.size:
                     raise InputError(f"{path}: {name} is {values[field][bad[0]]:g} in {_row_label(df, int(bad[0]))}; "
                                      f"{check[1]}; fix or remove the row")
-    values.setdefault("defocus_v_in_angstroms", values["defocus_u_in_angstroms"])
-    values.setdefault("defocus_angle_in_degrees", 0.0)
     return CTFParameters(**values)
 
 

@@ -8,6 +8,8 @@ image, so a Gibbs step over 25-100 images costs one call from Python.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -72,3 +74,36 @@ def projected_densities_kernel(means, amplitudes, precision, origin, spacing, cu
         image = out[m:m + 1]
         _sweep(0, rows, image, image, image, image, image, np.empty(0), means[m], amplitudes, precision, origin,
                spacing, cutoff_sigmas, np.empty(0), np.empty((0, 3)), np.empty(0))
+
+
+@numba.njit(parallel=True, **_NUMBA_OPTIONS)
+def candidate_log_likelihoods_kernel(counts, rows, means, amplitudes, precision, origin, spacing, cutoff_sigmas,
+                                     scale, floor, work):
+    """out[i, m] = sum_j y_ij log(scale h_im(v_j) + floor): each image's log-likelihood under each
+    of its own candidate projections, summed over its occupied pixels only.
+
+    counts : (P, ny, nx) int32; rows : (P, ny, 2) from `occupied_rows(counts)`;
+    means : (P, M, K, 3) projected means (x, y, 0) of image i's candidate m;
+    h_im(v) = sum_k amplitudes[k] exp(-precision/2 |v - means[i, m, k]|^2) (cut off);
+    work : (P, 1, ny, nx) scratch. Images run in parallel threads.
+    """
+    n_images, n_candidates = means.shape[0], means.shape[1]
+    ny = counts.shape[1]
+    out = np.empty((n_images, n_candidates))
+    for i in numba.prange(n_images):
+        image = work[i]
+        span = rows[i:i + 1]
+        for m in range(n_candidates):
+            for iy in range(ny):
+                for ix in range(span[0, iy, 0], span[0, iy, 1] + 1):
+                    image[0, iy, ix] = 0.0
+            _sweep(0, span, image, image, image, image, image, np.empty(0), means[i, m], amplitudes, precision,
+                   origin, spacing, cutoff_sigmas, np.empty(0), np.empty((0, 3)), np.empty(0))
+            total = 0.0
+            for iy in range(ny):
+                for ix in range(span[0, iy, 0], span[0, iy, 1] + 1):
+                    y = counts[i, iy, ix]
+                    if y > 0:
+                        total += y * math.log(scale * image[0, iy, ix] + floor)
+            out[i, m] = total
+    return out

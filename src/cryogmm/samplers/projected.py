@@ -32,7 +32,8 @@ from cryogmm.geometry.so3 import random_rotations
 from cryogmm.grid import Grid
 from cryogmm.kernels import BinnedStatistics
 from cryogmm.kernels.gaussians import occupied_rows
-from cryogmm.kernels.projections import projected_densities_kernel, projected_statistics_kernel
+from cryogmm.kernels.projections import (candidate_log_likelihoods_kernel, projected_densities_kernel,
+                                         projected_statistics_kernel)
 from cryogmm.mixture import GaussianMixture, MixturePrior, log_prior, sample_from_prior
 from cryogmm.samplers.conditionals import gibbs_update
 from cryogmm.samplers.matrix_fisher import sample_matrix_fisher
@@ -357,16 +358,22 @@ def image_log_likelihoods(sampler: ProjectedGibbsSampler, mixture: GaussianMixtu
                           translations_in_angstroms: np.ndarray) -> np.ndarray:
     """(P, M) log p(D_i | R_im, t_im) for per-image candidate rotations `rotations` (P, M, 3, 3) and
     translations (P, 2) (one per image) or (P, M, 2) (one per candidate), with the
-    background-padded projected density of the global table."""
+    background-padded projected density of the global table (`log_projected_densities`),
+    evaluated on each image's occupied pixels only."""
     full = expand_symmetry(mixture, sampler.symmetry_operators)
     p, m = rotations.shape[:2]
     translations = np.asarray(translations_in_angstroms, dtype=np.float64)
     if translations.ndim == 2:
         translations = np.repeat(translations[:, None], m, axis=1)
-    log_h = log_projected_densities(full, rotations.reshape(-1, 3, 3), sampler.data.grid, TABLE_CUTOFF_SIGMAS,
-                                    translations.reshape(-1, 2))
-    counts = sampler.data.counts.reshape(p, 1, -1).astype(np.float64)
-    return (log_h.reshape(p, m, -1) @ counts.transpose(0, 2, 1))[:, :, 0]
+    means = projected_means(full.means_in_angstroms, rotations.reshape(-1, 3, 3), translations.reshape(-1, 2))
+    s = full.precision_per_square_angstrom
+    grid = sampler.data.grid
+    area = np.prod(grid.shape) * grid.spacing_in_angstroms**2
+    eps = GLOBAL_BACKGROUND_WEIGHT
+    return candidate_log_likelihoods_kernel(
+        sampler.data.counts, sampler._rows, means.reshape(p, m, -1, 3), full.weights * s / (2 * np.pi), float(s),
+        sampler._origin, sampler.data.pixel_size_in_angstroms, TABLE_CUTOFF_SIGMAS, 1.0 - eps, eps / area,
+        sampler._work[:, 0])
 
 
 def _distinct_seeds(scores: np.ndarray, rotations: np.ndarray, current: np.ndarray, operators: np.ndarray,

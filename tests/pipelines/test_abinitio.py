@@ -105,3 +105,27 @@ def test_images_to_counts_downsamples_and_discretises(phantom_images):
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
         AbinitioSettings(**{**TINY, **bad})
+
+
+def test_a_script_without_the_main_guard_falls_back_to_in_process_restarts(tmp_path):
+    # spawned workers re-import the calling script; unguarded, they cannot start: the restarts
+    # must still run (here, in the calling process) and the user be told why
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from cryogmm.geometry.so3 import random_rotations\n"
+        "from cryogmm.pipelines.abinitio import AbinitioSettings, run_abinitio\n"
+        "from cryogmm.simulate.images import project_atoms\n"
+        "from cryogmm.simulate.phantom import asymmetric_phantom\n"
+        "c, z = asymmetric_phantom(500)\n"
+        "images = project_atoms(c, z, random_rotations(np.random.default_rng(0), 6), None, 20.0, 24, 6.0)\n"
+        f"settings = AbinitioSettings(**{TINY!r})\n"
+        "result = run_abinitio(images, 6.0, settings, seed=1, jobs=2)\n"
+        "print('restarts', len(result.restarts))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "restarts 2" in done.stdout
+    assert "__main__" in done.stderr and "running the restarts here instead" in done.stderr

@@ -349,14 +349,12 @@ def _needs_preparation(images: np.ndarray) -> str | None:
     """Why the images are not counts as they are: negative values, or a background around the
     particle (the outer ring's median above 1% of the brightest pixel); None if they are fine."""
     from cryogmm.io.images import negative_part
+    from cryogmm.preprocess.normalise import background_levels
 
     n_negative, share = negative_part(images)
     if n_negative:
         return f"{n_negative} negative pixels ({100 * share:.1f}% of the absolute mass)"
-    n = images.shape[-1]
-    y, x = np.indices((n, n)) - n // 2
-    ring = np.hypot(x, y) >= 0.45 * n
-    level = np.median(images[:, ring], axis=1) / images.reshape(images.shape[0], -1).max(1)
+    level = background_levels(images) / images.reshape(images.shape[0], -1).max(1)
     if np.any(level > 0.01):
         return f"a background of up to {100 * level.max():.1f}% of the peak around the particles"
     return None

@@ -12,6 +12,7 @@ import numpy as np
 from cryogmm.errors import InputError
 from cryogmm.io.mrc import read_stack
 from cryogmm.io.star import format_image_name, load_images, read_particles
+from cryogmm.preprocess.normalise import background_levels
 
 MIN_IMAGES = 3
 
@@ -116,8 +117,4 @@ def clip_negatives(images: np.ndarray) -> np.ndarray:
     """Subtract each image's background level (median of its outermost ring of pixels) and set
     what is still negative to zero."""
     images = np.asarray(images, dtype=np.float64)
-    n = images.shape[-1]
-    y, x = np.indices((n, n)) - n // 2
-    ring = np.hypot(x, y) >= 0.45 * n
-    background = np.median(images[:, ring], axis=1)
-    return np.clip(images - background[:, None, None], 0.0, None)
+    return np.clip(images - background_levels(images)[:, None, None], 0.0, None)

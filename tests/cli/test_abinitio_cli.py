@@ -214,3 +214,20 @@ def test_prepare_deconvolves_particles_with_classes_and_ctfs(tmp_path):
     assert {"prepared.mrcs", "prepared.png", "deconvolved.png"} <= {p.name for p in out.iterdir()}
     names = read_particles(out / "orientations.star").particles["rlnImageName"].tolist()
     assert names == [format_image_name(i, "prepared.mrcs") for i in range(4)]
+
+
+def test_relion_model_star_input_runs_end_to_end(tmp_path, images):
+    from pathlib import Path
+
+    from cryogmm.io.classes import ClassAverageSet, write_class_averages
+
+    stack = np.concatenate([images[0], np.zeros((1, BOX, BOX))])  # the last class is empty
+    names = tuple(f"{i + 1:06d}@run_it025_classes.mrcs" for i in range(9))
+    classes = ClassAverageSet(stack, PIXEL, names, np.r_[np.full(8, 0.125), 0.0], np.full(9, 30.0),
+                              Path("run_it025_model.star"))
+    write_class_averages(tmp_path / "run_it025_model.star", classes)
+    out = tmp_path / "run"
+    assert main(["abinitio", str(tmp_path / "run_it025_model.star"), "--seed", "1", "--output", str(out)] + TINY) == 0
+    table = read_particles(out / "orientations.star")
+    assert table.particles["rlnImageName"].tolist() == list(names[:8])
+    assert table.particles["rlnVoltage"].iloc[0] == 300.0  # RELION's usual optics: class averages carry none

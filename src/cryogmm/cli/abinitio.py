@@ -243,6 +243,7 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     from cryogmm.io.mrc import write_map
     from cryogmm.io.pseudoatoms import write_pseudoatoms_cif, write_pseudoatoms_pdb
     from cryogmm.io.runs import write_json, write_settings
+    from cryogmm.io.images import optics_values
     from cryogmm.io.star import poses_to_columns, write_particles
     from cryogmm.metrics.correlation import cross_correlation
     from cryogmm.mixture import GaussianMixture, evaluate, project
@@ -261,7 +262,7 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     write_pseudoatoms_pdb(folder / "pseudoatoms.pdb", moved)
     write_pseudoatoms_cif(folder / "pseudoatoms.cif", moved)
     optics = {"rlnOpticsGroupName": "opticsGroup1", "rlnImagePixelSize": pixel, "rlnImageSize": n,
-              "rlnImageDimensionality": 2, **optics_of(data)}
+              "rlnImageDimensionality": 2, **optics_values(data.path)}
     columns = poses_to_columns(result.rotations, result.translations_in_angstroms)
     table = pd.DataFrame({"rlnImageName": data.names, **columns, "rlnOpticsGroup": 1})
     write_particles(folder / "orientations.star", table, optics)
@@ -396,20 +397,6 @@ def prepare_input(path: Path, pixel_size_in_angstroms: float | None) -> Prepared
     names = [format_image_name(i, "prepared.mrcs") for i in range(images.shape[0])]
     return PreparedInput(InputImages(np.asarray(images, dtype=np.float64), float(pixel), names, path), notes,
                          before, prepared, deconvolved)
-
-
-def optics_of(data) -> dict:
-    """Voltage, Cs and amplitude contrast of the input STAR's first optics group, else RELION's
-    usual values (class averages carry no CTF; RELION needs the columns)."""
-    values = {"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
-    if Path(data.path).suffix.lower() == ".star":
-        from cryogmm.io.star import read_particles
-
-        particles = read_particles(data.path).particles
-        for key in values:
-            if key in particles.columns:
-                values[key] = float(particles[key].iloc[0])
-    return values
 
 
 def compare_with_reference(volume: np.ndarray, pixel: float, reference_path: Path, folder: Path) -> dict:

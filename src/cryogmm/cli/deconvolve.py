@@ -119,6 +119,7 @@ def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from cryogmm import __version__
+    from cryogmm.io.images import optics_values
     from cryogmm.io.mrc import atomic_output, write_stack
     from cryogmm.io.runs import write_json
     from cryogmm.io.star import format_image_name, write_particles
@@ -145,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
                           for c, k, a, w, it, ok in zip(out.class_ids, out.counts, result.alpha, out.group_weights,
                                                         result.iterations, result.converged)]}
     optics = {"rlnOpticsGroup": 1, "rlnImagePixelSize": pixel, "rlnImageSize": n, "rlnImageDimensionality": 2,
-              "rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
+              **optics_values(args.input)}
     names = [format_image_name(i, args.output.name) for i in range(out.images.shape[0])]
     table = pd.DataFrame({"rlnImageName": names, "rlnClassNumber": out.class_ids.astype(int), "rlnOpticsGroup": 1})
     with atomic_output(paths["stack"]) as stack_tmp, atomic_output(paths["star"]) as star_tmp, \

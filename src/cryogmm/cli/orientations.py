@@ -71,8 +71,7 @@ def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from cryogmm.cli import close_logging, setup_logging
-    from cryogmm.cli.abinitio import optics_of
-    from cryogmm.io.images import read_input_images
+    from cryogmm.io.images import optics_values, read_input_images
     from cryogmm.io.pseudoatoms import read_pseudoatoms
     from cryogmm.io.runs import RunFolder, write_json, write_settings
     from cryogmm.io.star import columns_to_poses, poses_to_columns, read_particles, write_particles
@@ -111,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
                 max_shift_in_angstroms=max_shift if args.translations else 0.0, seed=seed,
                 progress=not args.quiet and sys.stderr.isatty())
             optics = {"rlnOpticsGroup": 1, "rlnImagePixelSize": pixel, "rlnImageSize": n,
-                      "rlnImageDimensionality": 2, **optics_of(data)}
+                      "rlnImageDimensionality": 2, **optics_values(data.path)}
             table = pd.DataFrame({"rlnImageName": data.names,
                                   **poses_to_columns(result.rotations, result.translations_in_angstroms),
                                   "rlnOpticsGroup": 1})

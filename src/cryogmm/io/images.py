@@ -118,3 +118,20 @@ def clip_negatives(images: np.ndarray) -> np.ndarray:
     what is still negative to zero."""
     images = np.asarray(images, dtype=np.float64)
     return np.clip(images - background_levels(images)[:, None, None], 0.0, None)
+
+
+RELION_DEFAULT_OPTICS = {"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
+
+
+def optics_values(path: str | os.PathLike) -> dict:
+    """Voltage, Cs and amplitude contrast of a particle STAR's first row, else RELION's usual
+    values (for stacks, point clouds and class averages, which carry no CTF; RELION needs the
+    columns in a STAR file that cryogmm writes)."""
+    values = dict(RELION_DEFAULT_OPTICS)
+    path = Path(path)
+    if path.suffix.lower() == ".star" and not is_model_star(path):
+        particles = read_particles(path).particles
+        for key in values:
+            if key in particles.columns:
+                values[key] = float(particles[key].iloc[0])
+    return values

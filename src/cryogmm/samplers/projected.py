@@ -382,13 +382,11 @@ def _distinct_seeds(scores: np.ndarray, rotations: np.ndarray, current: np.ndarr
     `min_angle_in_degrees` from the current rotation and from each other (up to the symmetry
     operators: R and R S_g give the same image); -1 where fewer exist."""
     min_cos = np.cos(np.radians(min_angle_in_degrees))
-    equivalent = rotations[:, None] @ operators[None]  # (M, G, 3, 3)
-    flat = equivalent.reshape(-1, 9)
+    copies = (rotations[:, None] @ operators[None]).reshape(len(rotations), -1, 9)  # R_m S_g, flattened
 
-    def far(index_or_matrix, candidates):
-        # cos(angle) = (tr(A^T B) - 1) / 2, maximised over the symmetry copies of A
-        a = np.asarray(index_or_matrix).reshape(9)
-        cos = ((flat.reshape(len(rotations), -1, 9)[candidates] @ a) - 1.0) / 2.0
+    def far(matrix, candidates):
+        # cos(angle) = (tr(A^T B) - 1) / 2, maximised over the symmetry copies of the candidates
+        cos = (copies[candidates] @ matrix.reshape(9) - 1.0) / 2.0
         return cos.max(axis=1) < min_cos
 
     p = scores.shape[0]

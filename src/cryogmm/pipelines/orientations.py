@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cryogmm.errors import InputError
-from cryogmm.geometry.so3 import mean_rotation
+from cryogmm.geometry.so3 import mean_rotation, rotation_angle_in_degrees
 from cryogmm.geometry.symmetry import symmetry_operators
 from cryogmm.mixture import GaussianMixture
 from cryogmm.pipelines.abinitio import images_to_counts
@@ -108,8 +108,7 @@ def estimate_orientations(images, pixel_size_in_angstroms: float, mixture: Gauss
             kept_translations.append(state.translations_in_angstroms)
     samples = np.stack(kept_rotations)
     rotations = mean_rotation(samples)
-    cos = (np.einsum("spij,pij->sp", samples, rotations) - 1.0) / 2.0
-    spread = np.degrees(np.sqrt(np.mean(np.arccos(np.clip(cos, -1.0, 1.0)) ** 2, axis=0)))
+    spread = np.sqrt(np.mean(rotation_angle_in_degrees(samples, rotations[None]) ** 2, axis=0))
     shifts = np.mean(kept_translations, axis=0)
     log_likelihoods = image_log_likelihoods(sampler, mixture, rotations[:, None], shifts)[:, 0]
     timings = {"search_seconds": search_seconds,

@@ -384,19 +384,16 @@ def prepare_input(path: Path, pixel_size_in_angstroms: float | None) -> Prepared
         if data.counts:
             return PreparedInput(data, [f"{path}: point clouds binned to counts; nothing to prepare"])
     reason = _needs_preparation(images)
-    prepared = None
     if reason is None and deconvolved is None:
         return PreparedInput(data, [f"{path}: non-negative with a zero background; used as they are"])
-    before = images
-    if reason is not None or deconvolved is not None:
-        # deconvolved images keep a faint positive haze around the particle (thesis 4.1.2): mask it too
-        notes.append(f"masking and centring: {reason or 'the deconvolved images have a faint background'}")
-        prepared = prepare_images(images, pixel, source=str(path))
-        notes += list(prepared.notes)
-        images, pixel = prepared.images, prepared.pixel_size_in_angstroms
-    names = [format_image_name(i, "prepared.mrcs") for i in range(images.shape[0])]
-    return PreparedInput(InputImages(np.asarray(images, dtype=np.float64), float(pixel), names, path), notes,
-                         before, prepared, deconvolved)
+    # deconvolved images keep a faint positive haze around the particle (thesis 4.1.2): mask it too
+    notes.append(f"masking and centring: {reason or 'the deconvolved images have a faint background'}")
+    prepared = prepare_images(images, pixel, source=str(path))
+    notes += list(prepared.notes)
+    names = [format_image_name(i, "prepared.mrcs") for i in range(prepared.images.shape[0])]
+    data = InputImages(np.asarray(prepared.images, dtype=np.float64), float(prepared.pixel_size_in_angstroms),
+                       names, path)
+    return PreparedInput(data, notes, images, prepared, deconvolved)
 
 
 def compare_with_reference(volume: np.ndarray, pixel: float, reference_path: Path, folder: Path) -> dict:

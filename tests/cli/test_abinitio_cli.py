@@ -128,6 +128,8 @@ def test_bad_inputs_are_refused(tmp_path, images, capsys):
     write_stack(good, stack, PIXEL)
     _expect_refusal(capsys, ["abinitio", str(good), "--symmetry", "X3"], "X3", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(tmp_path / "missing.mrcs")], "missing.mrcs", tmp_path)
+    (tmp_path / "Class2D").mkdir()
+    _expect_refusal(capsys, ["abinitio", str(tmp_path / "Class2D")], "is a folder, not a file", tmp_path)
     star = _star(tmp_path, good, images[1], "wrong_pixel.star", pixel=2 * PIXEL)
     _expect_refusal(capsys, ["abinitio", str(star)], "disagrees", tmp_path)
     unresolved = _star(tmp_path, tmp_path / "elsewhere.mrcs", images[1], "unresolved.star")

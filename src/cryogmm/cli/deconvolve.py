@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.io.paths import require_file
 
 POLARITIES = {"auto": "auto", "bright": -1, "dark": 1}
 
@@ -76,8 +77,7 @@ def _check_args(args: argparse.Namespace) -> dict[str, Path]:
         raise InputError(f"--pixel-size {args.pixel_size}: must be a positive number of Å")
     if args.output.suffix.lower() not in (".mrcs", ".mrc"):
         raise InputError(f"--output {args.output}: the deconvolved images are an MRC stack; give a name ending in .mrcs")
-    if not args.input.is_file():
-        raise InputError(f"{args.input}: file not found; check the path")
+    require_file(args.input)
     if args.input.suffix.lower() != ".star":
         raise InputError(f"{args.input}: deconvolution needs the CTF of each image; give a STAR file with CTF columns")
     if not args.output.parent.is_dir():

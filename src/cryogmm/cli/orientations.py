@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.io.paths import require_file
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--max-shift {args.max_shift}: must be a non-negative number of Å")
     if args.seed is not None and args.seed < 0:
         raise InputError(f"--seed {args.seed}: must be a non-negative integer")
-    if not args.model.is_file():
-        raise InputError(f"--model {args.model}: file not found")
+    require_file(args.model, "--model")
 
 
 def main(args: argparse.Namespace) -> int:

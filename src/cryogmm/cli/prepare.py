@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.io.paths import require_file
 
 CHOICES = {"auto": "auto", "yes": True, "no": False}
 
@@ -79,8 +80,7 @@ def _check_args(args: argparse.Namespace) -> dict[str, Path]:
         raise InputError("--mask radius needs --radius (the particle radius in Å)")
     if args.output.suffix.lower() not in (".mrcs", ".mrc"):
         raise InputError(f"--output {args.output}: the prepared images are an MRC stack; give a name ending in .mrcs")
-    if not args.stack.is_file():
-        raise InputError(f"{args.stack}: file not found; check the path")
+    require_file(args.stack)
     paths = output_paths(args.output)
     for path in paths.values():
         if path.resolve() == args.stack.resolve():

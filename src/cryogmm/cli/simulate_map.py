@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 from cryogmm.errors import InputError
+from cryogmm.io.paths import require_file
 from cryogmm.simulate.molmap import MIN_BOX, default_map_grid, molmap, molmap_padding_in_angstroms
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,7 @@ def check_sampling(resolution_in_angstroms: float, pixel_size_in_angstroms: floa
 
 
 def check_model_path(path: Path) -> None:
-    if not path.is_file():
-        raise InputError(f"{path}: atomic model not found; check the path")
+    require_file(path)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import gemmi
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.io.paths import require_file
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,8 +57,7 @@ def read_atoms(path: str | os.PathLike, remove_waters: bool = True,
         Missing or unreadable file, or no atoms left.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; check the path")
+    require_file(path)
     try:
         structure = gemmi.read_structure(str(path))
     except Exception as exc:

@@ -28,6 +28,7 @@ import starfile
 
 from cryogmm.errors import InputError
 from cryogmm.io.mrc import atomic_output, read_stack, write_stack
+from cryogmm.io.paths import require_file
 from cryogmm.io.star import ParticleTable, format_image_name, load_images
 
 logger = logging.getLogger(__name__)
@@ -164,8 +165,7 @@ def read_class_averages(path: str | os.PathLike, data_dir: str | os.PathLike | N
         or no pixel size.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; check the path")
+    require_file(path)
     if path.suffix.lower() in (".mrcs", ".mrc"):
         model = path.with_name(path.name.replace("_classes.mrcs", "_model.star"))
         if model == path or not model.is_file():

@@ -11,6 +11,7 @@ import numpy as np
 
 from cryogmm.errors import InputError
 from cryogmm.io.mrc import read_stack
+from cryogmm.io.paths import require_file
 from cryogmm.io.star import format_image_name, load_images, read_particles
 from cryogmm.preprocess.normalise import background_levels
 
@@ -70,8 +71,7 @@ def read_input_images(path: str | os.PathLike, pixel_size_in_angstroms: float | 
     all-zero images.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file; check the path")
+    require_file(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         result = _point_clouds(path, pixel_size_in_angstroms)

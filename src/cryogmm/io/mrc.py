@@ -20,6 +20,7 @@ import numpy as np
 
 from cryogmm.errors import InputError
 from cryogmm.grid import Grid
+from cryogmm.io.paths import require_file
 
 STACK_SUFFIXES = (".mrcs",)
 
@@ -95,8 +96,7 @@ def _open_mrc(path: Path, mmap: bool = False):
 
     Raises InputError when the file is missing or is not an MRC file at all.
     """
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; check the path")
+    require_file(path)
     opener = mrcfile.mmap if mmap else mrcfile.open
     try:
         return opener(path, mode="r")

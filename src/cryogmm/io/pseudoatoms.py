@@ -19,6 +19,7 @@ import numpy as np
 
 from cryogmm.errors import InputError
 from cryogmm.io.mrc import atomic_output
+from cryogmm.io.paths import require_file
 from cryogmm.mixture import GaussianMixture
 
 RESIDUE_NAME = "GMM"
@@ -159,8 +160,7 @@ def read_pseudoatoms(path: str | os.PathLike) -> GaussianMixture:
         Missing or unreadable file, no atoms, or records that disagree with the atoms.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; check the path")
+    require_file(path)
     try:
         structure = gemmi.read_structure(str(path))
         records = _cif_records(path) if _is_cif(path) else _pdb_records(structure.raw_remarks)

@@ -6,9 +6,10 @@ Every run folder records the cryogmm version, the seed and all settings (`settin
 from __future__ import annotations
 
 import json
+import logging
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,12 @@ import numpy as np
 
 from cryogmm import __version__
 from cryogmm.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# names that read as a file: an output folder called `groel.pdb` is more likely a slip than a wish
+FILE_SUFFIXES = (".pdb", ".cif", ".mmcif", ".ent", ".mrc", ".mrcs", ".map", ".star", ".json", ".png", ".npz",
+                 ".txt", ".log", ".gz")
 
 
 def check_output_dir(path: str | os.PathLike, force: bool, option: str = "--output") -> Path:
@@ -34,14 +41,25 @@ class RunFolder:
     On an exception the temporary folder is removed and `path` is left untouched.
     """
 
-    def __init__(self, path: str | os.PathLike, force: bool = False):
-        self.path = check_output_dir(path, force)
+    def __init__(self, path: str | os.PathLike, force: bool = False, option: str = "--output"):
+        self.path = check_output_dir(path, force, option)
         self.tmp: Path | None = None
+        if self.path.suffix.lower() in FILE_SUFFIXES:
+            logger.warning("warning: %s %s is the output folder (its files go inside it), not a file; a name "
+                           "such as %s avoids confusion", option, self.path, self.path.with_suffix("").name)
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
-        return self.tmp
+        # os.mkdir with mode 0o777 lets the umask decide who may read the results (colleagues on
+        # shared storage, as for any folder the user makes); tempfile.mkdtemp would make it 0700
+        while True:
+            candidate = self.path.with_name(f".{self.path.name}.tmp-{secrets.token_hex(4)}")
+            try:
+                os.mkdir(candidate, 0o777)
+            except FileExistsError:
+                continue
+            self.tmp = candidate
+            return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         assert self.tmp is not None

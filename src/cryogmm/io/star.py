@@ -35,6 +35,7 @@ from cryogmm.errors import InputError
 from cryogmm.forward.ctf import CTFParameters
 from cryogmm.geometry.so3 import euler_to_matrix, matrix_to_euler
 from cryogmm.io.mrc import _check_finite, _decimal, _open_mrc, atomic_output
+from cryogmm.io.paths import require_file
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +149,7 @@ def read_particles(path: str | os.PathLike) -> ParticleTable:
         whose optics group is not in the optics block.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; check the path")
+    require_file(path)
     if path.suffix.lower() == ".cs":
         return read_cryosparc(path)
     try:

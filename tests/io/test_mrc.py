@@ -159,3 +159,14 @@ def test_read_real_files_needing_care(shared_data):
     assert ribosome.grid.spacing_in_angstroms == 5.0
     stack = read_stack(shared_data / "particles" / "cryodrgn_relion31" / "relion31.mrcs")
     assert stack.data.shape == (5, 256, 256)
+
+
+def test_written_files_are_labelled_with_the_cryogmm_version(tmp_path):
+    from cryogmm import __version__
+
+    write_map(tmp_path / "map.mrc", np.ones((4, 4, 4)), 2.0)
+    write_stack(tmp_path / "stack.mrcs", np.ones((2, 4, 4)), 2.0)
+    for name in ("map.mrc", "stack.mrcs"):
+        with mrcfile.open(tmp_path / name) as mrc:
+            labels = mrc.get_labels()
+        assert len(labels) == 1 and labels[0].startswith(f"cryogmm {__version__} ")

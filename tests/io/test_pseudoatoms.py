@@ -111,3 +111,48 @@ def test_read_errors_name_the_file(tmp_path):
             read_pseudoatoms(path)
         message = str(info.value)
         assert str(path) in message and words in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["model.pdb", "model.cif"])
+def test_symmetric_copies_get_one_chain_each_and_the_box_is_the_cell(tmp_path, name):
+    import gemmi
+
+    from cryogmm.geometry.symmetry import symmetry_operators
+    from cryogmm.io.pseudoatoms import write_pseudoatom_files
+    from cryogmm.samplers.projected import expand_symmetry
+
+    unit = _mixture(k=7, spread=30.0)
+    full = expand_symmetry(unit, symmetry_operators("D2"))
+    write_pseudoatom_files(tmp_path / "model", full, copies=4, symmetry="D2", cell_in_angstroms=(96.0, 96.0, 120.0))
+    structure = gemmi.read_structure(str(tmp_path / name))
+    assert structure.cell.parameters == pytest.approx((96.0, 96.0, 120.0, 90.0, 90.0, 90.0))
+    chains = [(chain.name, len(chain)) for chain in structure[0]]
+    assert chains == [("A", 7), ("B", 7), ("C", 7), ("D", 7)]
+    # chain A is the asymmetric unit, chain B its first symmetric copy
+    first = np.array([residue[0].pos.tolist() for residue in structure[0]["A"]])
+    np.testing.assert_allclose(first, unit.means_in_angstroms, atol=5e-4)
+    result = read_pseudoatoms(tmp_path / name)
+    np.testing.assert_allclose(result.means_in_angstroms, full.means_in_angstroms, atol=5e-4)
+    np.testing.assert_allclose(result.weights, full.weights, rtol=1e-12)
+    if name.endswith(".pdb"):
+        lines = (tmp_path / name).read_text().splitlines()
+        cryst1 = next(line for line in lines if line.startswith("CRYST1"))
+        assert cryst1 == "CRYST1   96.000   96.000  120.000  90.00  90.00  90.00 P 1           1"
+        assert any("SYMMETRY D2 COPIES 4" in line for line in lines)
+
+
+def test_copies_must_divide_the_components(tmp_path):
+    with pytest.raises(ValueError, match="copies"):
+        write_pseudoatoms_pdb(tmp_path / "x.pdb", _mixture(k=10), copies=3)
+
+
+def test_more_chains_than_pdb_letters_need_mmcif(tmp_path):
+    def copies_of(n_copies, per_copy=1000):
+        unit = _mixture(k=per_copy, spread=10.0)
+        k = n_copies * per_copy
+        return GaussianMixture(np.tile(unit.means_in_angstroms, (n_copies, 1)), np.full(k, 1.0 / k), 0.1)
+
+    write_pseudoatoms_pdb(tmp_path / "ok.pdb", copies_of(60), copies=60)  # icosahedral: 60 chains fit
+    assert read_pseudoatoms(tmp_path / "ok.pdb").n_components == 60000
+    with pytest.raises(InputError, match="mmCIF"):
+        write_pseudoatoms_pdb(tmp_path / "x.pdb", copies_of(63), copies=63)

@@ -241,7 +241,7 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
 
     from cryogmm.grid import Grid
     from cryogmm.io.mrc import write_map
-    from cryogmm.io.pseudoatoms import write_pseudoatoms_cif, write_pseudoatoms_pdb
+    from cryogmm.io.pseudoatoms import write_pseudoatom_files
     from cryogmm.io.runs import write_json, write_settings
     from cryogmm.io.images import optics_values
     from cryogmm.io.star import poses_to_columns, write_particles
@@ -259,8 +259,8 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     # map.mrc has MRC origin 0, so the rotation centre (mixture coordinate 0) is at (n // 2) * pixel
     full = result.full_mixture
     moved = GaussianMixture(full.means_in_angstroms + (n // 2) * pixel, full.weights, full.precision_per_square_angstrom)
-    write_pseudoatoms_pdb(folder / "pseudoatoms.pdb", moved)
-    write_pseudoatoms_cif(folder / "pseudoatoms.cif", moved)
+    write_pseudoatom_files(folder / "pseudoatoms", moved, copies=full.n_components // result.mixture.n_components,
+                           symmetry=settings.symmetry, cell_in_angstroms=n * pixel)
     optics = {"rlnOpticsGroupName": "opticsGroup1", "rlnImagePixelSize": pixel, "rlnImageSize": n,
               "rlnImageDimensionality": 2, **optics_values(data.path)}
     columns = poses_to_columns(result.rotations, result.translations_in_angstroms)

@@ -179,7 +179,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _write_gibbs_outputs(folder: Path, result, args: argparse.Namespace, burn_in: int) -> None:
-    from cryogmm.io.pseudoatoms import write_pseudoatoms_cif, write_pseudoatoms_pdb
+    from cryogmm.geometry.symmetry import symmetry_operators
+    from cryogmm.io.pseudoatoms import write_pseudoatom_files
     from cryogmm.mixture import GaussianMixture
     from cryogmm.report.plots import plot_trace
 
@@ -193,7 +194,7 @@ def _write_gibbs_outputs(folder: Path, result, args: argparse.Namespace, burn_in
     full = result.full_mixture
     moved = GaussianMixture(full.means_in_angstroms - np.array(result.grid.origin_in_angstroms), full.weights,
                             full.precision_per_square_angstrom)
-    write_pseudoatoms_pdb(folder / "pseudoatoms.pdb", moved)
-    write_pseudoatoms_cif(folder / "pseudoatoms.cif", moved)
+    write_pseudoatom_files(folder / "pseudoatoms", moved, copies=symmetry_operators(args.symmetry).shape[0],
+                           symmetry=args.symmetry, cell_in_angstroms=result.grid.shape[0] * result.grid.spacing_in_angstroms)
     plot_trace({"log_posterior": trace, "sigma_in_angstroms": result.sigma_trace}, folder / "trace.png",
                burn_in=burn_in, title=f"{Path(args.star).name}: K = {args.components}, {args.symmetry}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
+from cryogmm import __version__
 from cryogmm.errors import InputError
 from cryogmm.grid import Grid
 from cryogmm.io.paths import require_file
@@ -229,6 +231,13 @@ def read_stack(path: str | os.PathLike, pixel_size_in_angstroms: float | None = 
     return MapData(data, pixel_size, origin)
 
 
+def _label(mrc) -> None:
+    """Header label 1 says who wrote the file, with the version and time (mrcfile's own label names
+    mrcfile); the other nine are left empty."""
+    mrc.header.label[0] = f"cryogmm {__version__}  {time.strftime('%Y-%m-%d %H:%M:%S')}".encode()[:80]
+    mrc.header.nlabl = 1
+
+
 def write_map(path: str | os.PathLike, data: np.ndarray, voxel_size_in_angstroms: float,
               origin_in_angstroms: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
     """Write a 3D map `[z, y, x]` as float32 (space group 1, `origin` set, `nxstart` 0).
@@ -251,6 +260,7 @@ def write_map(path: str | os.PathLike, data: np.ndarray, voxel_size_in_angstroms
         mrc.voxel_size = float(voxel_size_in_angstroms)
         header.nxstart = header.nystart = header.nzstart = 0
         header.origin.x, header.origin.y, header.origin.z = (float(o) for o in origin_in_angstroms)
+        _label(mrc)
 
 
 def write_stack(path: str | os.PathLike, images: np.ndarray, pixel_size_in_angstroms: float) -> None:
@@ -271,3 +281,4 @@ def write_stack(path: str | os.PathLike, images: np.ndarray, pixel_size_in_angst
         mrc.voxel_size = float(pixel_size_in_angstroms)
         mrc.header.nxstart = mrc.header.nystart = mrc.header.nzstart = 0
         mrc.header.origin.x = mrc.header.origin.y = mrc.header.origin.z = 0.0
+        _label(mrc)

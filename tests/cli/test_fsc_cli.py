@@ -93,6 +93,17 @@ def test_align_reports_the_rotation_and_hand(tmp_path, capsys, mirrored):
     assert rotation_angle_in_degrees(euler_to_matrix(*angles), rotation) < 2.0
     np.testing.assert_allclose(results["alignment"]["shift_in_angstroms"], [2.0, -4.0, 1.0], atol=0.5)
     assert results["cross_correlation"] > 0.99
+    turn = results["alignment"]["rotation_angle_in_degrees"]
+    assert turn == pytest.approx(rotation_angle_in_degrees(np.eye(3), euler_to_matrix(*angles)), abs=1e-6)
+    assert f"a turn of {turn:.2f} degrees about" in out
+
+
+def test_aligning_a_map_with_itself_prints_no_turn(tmp_path, capsys):
+    """The identity reads as (0.00, 0.00, 0.00), not as a large rot cancelled by psi."""
+    write_map(tmp_path / "ref.mrc", _blobs(CENTRES), VOXEL)
+    assert main(["fsc", str(tmp_path / "ref.mrc"), str(tmp_path / "ref.mrc"), "--align", "--no-mirror"]) == 0
+    out = capsys.readouterr().out
+    assert "rotation (rot, tilt, psi) = (0.00, 0.00, 0.00) degrees, a turn of 0.00 degrees" in out, out
 
 
 def test_no_mirror_keeps_the_hand(tmp_path, capsys):

@@ -106,3 +106,31 @@ def test_quaternions_and_geodesic_distance_match_scipy():
     angles = rotation_angle_in_degrees(a.as_matrix(), b.as_matrix())
     np.testing.assert_allclose(angles, np.degrees((a.inv() * b).magnitude()), atol=1e-6)
     assert rotation_angle_in_degrees(np.eye(3), euler_to_matrix(0, 0, 30)) == pytest.approx(30.0, rel=tolerance(np.float64))
+
+
+@pytest.mark.parametrize("angles, expected", [
+    ((-115.96, 0.001, 115.96), (0.0, 0.0, 0.0)),  # the identity up to rounding noise
+    ((30.0, 179.999, 10.0), (20.0, 180.0, 0.0)),
+    ((30.0, 0.0, 10.0), (40.0, 0.0, 0.0)),
+    ((190.0, 20.0, -190.0), (-170.0, 20.0, 170.0)),
+    ((-180.0, 10.0, 180.0), (180.0, 10.0, 180.0)),
+    ((10.0, 0.02, 5.0), (10.0, 0.02, 5.0)),  # above the tolerance: kept
+])
+def test_canonical_euler_angles(angles, expected):
+    from cryogmm.geometry.so3 import canonical_euler_in_degrees
+
+    result = canonical_euler_in_degrees(euler_to_matrix(*angles))
+    np.testing.assert_allclose(result, expected, atol=1e-6)
+    matrix = euler_to_matrix(*angles)
+    assert rotation_angle_in_degrees(euler_to_matrix(*result), matrix) < 0.002
+
+
+def test_axis_and_angle():
+    from cryogmm.geometry.so3 import axis_and_angle_in_degrees
+    from cryogmm.geometry.symmetry import axis_angle_matrix
+
+    axis, angle = axis_and_angle_in_degrees(axis_angle_matrix((1.0, 2.0, 2.0), 116.0))
+    np.testing.assert_allclose(axis, np.array([1.0, 2.0, 2.0]) / 3.0, atol=1e-12)
+    assert angle == pytest.approx(116.0, abs=1e-9)
+    axis, angle = axis_and_angle_in_degrees(np.eye(3))
+    assert angle == 0.0 and axis.tolist() == [0.0, 0.0, 1.0]

@@ -5,7 +5,9 @@ Eqn. 3.3, not mean-subtracted) and the Pearson correlation. Both maps must have 
 box and voxel size. With --align, MAP2 is first rotated, shifted and, unless --no-mirror, possibly
 mirrored onto MAP1 (global search, then local refinement); the rotation R is printed as RELION
 Euler angles (rot, tilt, psi) with so3.euler_to_matrix(rot, tilt, psi) = R: MAP2 is MAP1 rotated
-by R about the box centre, then reflected in z if mirrored, then shifted.
+by R about the box centre, then reflected in z if mirrored, then shifted. The angles are given in
+one canonical form (rot and psi in (-180, 180], tilt in [0, 180], psi 0 where tilt is 0 or 180),
+followed by the angle of the turn and its axis: a turn of 0.00 degrees means no rotation.
 
 Example:
     cryogmm fsc reconstruction.mrc reference.mrc --align --plot fsc.png --json fsc.json
@@ -66,8 +68,13 @@ def _resolution_text(resolution: float | None, nyquist: float) -> str:
     return f"{resolution:.2f} Å"
 
 
+def _vector(values, decimals: int = 2) -> str:
+    """Numbers rounded for print, "0.00" rather than "-0.00"."""
+    return ", ".join(f"{round(float(v), decimals) + 0.0:.{decimals}f}" for v in values)
+
+
 def main(args: argparse.Namespace) -> int:
-    from cryogmm.geometry.so3 import matrix_to_euler
+    from cryogmm.geometry.so3 import axis_and_angle_in_degrees, canonical_euler_in_degrees
     from cryogmm.io.mrc import read_map
     from cryogmm.io.runs import write_json
     from cryogmm.metrics.correlation import cross_correlation
@@ -93,12 +100,14 @@ def main(args: argparse.Namespace) -> int:
 
         alignment = align_maps(data1, data2, voxel, allow_mirror=not args.no_mirror)
         data2 = alignment.aligned
-        angles = [float(a) for a in matrix_to_euler(alignment.rotation)]
+        angles = list(canonical_euler_in_degrees(alignment.rotation))
+        axis, turn = axis_and_angle_in_degrees(alignment.rotation)
         shift = alignment.shift_in_angstroms
-        print(f"alignment of MAP2 onto MAP1: rotation (rot, tilt, psi) = ({angles[0]:.2f}, {angles[1]:.2f}, "
-              f"{angles[2]:.2f}) degrees, shift (x, y, z) = ({shift[0]:.2f}, {shift[1]:.2f}, {shift[2]:.2f}) Å, "
-              f"mirrored: {'yes' if alignment.mirrored else 'no'}")
+        print(f"alignment of MAP2 onto MAP1: rotation (rot, tilt, psi) = ({_vector(angles)}) degrees, a turn of "
+              f"{round(turn, 2) + 0.0:.2f} degrees about (x, y, z) = ({_vector(axis, 3)}); shift (x, y, z) = "
+              f"({_vector(shift)}) Å; mirrored: {'yes' if alignment.mirrored else 'no'}")
         results["alignment"] = {"rotation_matrix": alignment.rotation, "euler_rot_tilt_psi_in_degrees": angles,
+                                "rotation_angle_in_degrees": turn, "rotation_axis": axis,
                                 "shift_in_angstroms": shift, "mirrored": alignment.mirrored}
 
     curve = fourier_shell_correlation(data1, data2, voxel)

@@ -49,6 +49,37 @@ def matrix_to_euler(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.degrees(rot), np.degrees(tilt), np.degrees(psi)
 
 
+def canonical_euler_in_degrees(matrix: np.ndarray, tolerance_in_degrees: float = 0.005) -> tuple[float, float, float]:
+    """(rot, tilt, psi) of one rotation in the form a reader expects: rot and psi in (-180, 180],
+    tilt in [0, 180]. Within `tolerance_in_degrees` of tilt 0 or 180 only rot + psi (or rot - psi)
+    is defined, and rounding noise in the matrix shows up as large opposite rot and psi (the
+    identity printed as (-115.96, 0.00, 115.96)); there tilt is snapped and the whole in-plane turn
+    put in rot, psi 0."""
+    a = np.asarray(matrix, dtype=np.float64).reshape(3, 3)
+    rot, tilt, psi = (float(v) for v in matrix_to_euler(a))
+    m = a.T  # the active matrix Rz(rot) Ry(tilt) Rz(psi)
+    if tilt < tolerance_in_degrees:
+        rot, tilt, psi = float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))), 0.0, 0.0
+    elif tilt > 180.0 - tolerance_in_degrees:
+        rot, tilt, psi = float(np.degrees(np.arctan2(-m[0, 1], m[1, 1]))), 180.0, 0.0
+
+    def wrapped(angle: float) -> float:
+        return -((-angle + 180.0) % 360.0 - 180.0)  # (-180, 180]
+
+    return wrapped(rot), tilt, wrapped(psi)
+
+
+def axis_and_angle_in_degrees(matrix: np.ndarray) -> tuple[np.ndarray, float]:
+    """Unit axis `(x, y, z)` and angle in degrees (0 to 180) of the active rotation `matrix`
+    (right-handed); the axis is (0, 0, 1) for the identity."""
+    from scipy.spatial.transform import Rotation
+
+    vector = Rotation.from_matrix(np.asarray(matrix, dtype=np.float64).reshape(3, 3)).as_rotvec()
+    angle = float(np.linalg.norm(vector))
+    axis = vector / angle if angle > 1e-12 else np.array([0.0, 0.0, 1.0])
+    return axis, float(np.degrees(angle))
+
+
 def random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
     """n rotations drawn uniformly (Haar measure) from SO(3), via random unit quaternions."""
     return quaternion_to_matrix(rng.standard_normal((n, 4)))

@@ -56,6 +56,7 @@ def test_simulate_map_overlays_the_model(model_path, tmp_path):
     assert main(["simulate-map", str(model_path), "--resolution", "10", "--pixel-size", "1.5",
                  "--box", "20", "--output", str(output), "--force"]) == 0
     assert read_map(output).data.shape == (20, 20, 20)
+    assert _listing(tmp_path) == ["map.mrc", "map_slices.png", "tiny.pdb"]  # the central slices beside the map
 
 
 @pytest.mark.parametrize("change", [
@@ -94,7 +95,7 @@ def test_simulate_images_writes_a_complete_run_folder(model_path, tmp_path):
     assert _simulate_images(model_path, output, "--snr", "0.5", "--seed", "7",
                             "--reference-resolution", "20") == 0
     assert _listing(output) == ["clean_images.mrcs", "images.mrcs", "particles.star", "reference.mrc",
-                                "run.log", "settings.json"]
+                                "reference_slices.png", "run.log", "settings.json"]
     assert _listing(tmp_path) == ["run", "tiny.pdb"]  # no temporary folders left
     images = read_stack(output / "images.mrcs")
     clean = read_stack(output / "clean_images.mrcs")
@@ -116,7 +117,8 @@ def test_simulate_images_writes_a_complete_run_folder(model_path, tmp_path):
     again = tmp_path / "again"
     assert _simulate_images(model_path, again, "--seed", "7") == 0
     np.testing.assert_array_equal(read_stack(again / "images.mrcs").data, clean.data)
-    assert _listing(again) == ["images.mrcs", "particles.star", "reference.mrc", "run.log", "settings.json"]
+    assert _listing(again) == ["images.mrcs", "particles.star", "reference.mrc", "reference_slices.png", "run.log",
+                               "settings.json"]
 
 
 def test_unseeded_runs_record_a_seed_that_reproduces_them(model_path, tmp_path):
@@ -244,7 +246,7 @@ def test_classes_with_ctf_write_poses_ctf_classes_and_settings(model_path, tmp_p
                              "--defocus-groups", "3", "--particles-per-group", "2", "--astigmatism", "300",
                              "--snr", "2", "--seed", "5") == 0
     assert _listing(output) == ["class_poses.star", "class_projections.mrcs", "clean_images.mrcs", "images.mrcs",
-                                "particles.star", "reference.mrc", "run.log", "settings.json"]
+                                "particles.star", "reference.mrc", "reference_slices.png", "run.log", "settings.json"]
     table = read_particles(output / "particles.star")
     particles = table.particles
     assert len(particles) == 18 and read_stack(output / "images.mrcs").data.shape == (18, 32, 32)
@@ -288,7 +290,7 @@ def test_class_averages_of_simulated_particles_are_the_class_projections(model_p
     output = tmp_path / "run"
     assert _simulate_classes(model_path, output, "--classes", "3", "--particles-per-class", "5", "--seed", "2") == 0
     assert _listing(output) == ["class_poses.star", "class_projections.mrcs", "images.mrcs", "particles.star",
-                                "reference.mrc", "run.log", "settings.json"]
+                                "reference.mrc", "reference_slices.png", "run.log", "settings.json"]
     particles = read_particles(output / "particles.star").particles
     assert "rlnDefocusU" not in particles.columns
     images = read_stack(output / "images.mrcs").data

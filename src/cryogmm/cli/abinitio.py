@@ -24,7 +24,8 @@ voxel box//2, MRC origin 0 as RELION writes it), pseudoatoms.pdb and .cif (best 
 symmetric copies), orientations.star (estimated poses in RELION's convention with the input image
 names), summary.json (settings, seed, per-restart log-posteriors, chosen restart, component size,
 timings; with --reference: aligned FSC and cross-correlation; with --true-poses: rotation errors),
-restarts.png (log-posterior traces), projections.png (inputs next to projections of the result),
+restarts.png (log-posterior traces), projections.png (inputs next to projections of the result,
+with the estimated angles), map_slices.png (central slices of map.mrc),
 restarts/restart_N.star (each restart's orientations at the end of the initial stage),
 settings.json, run.log. An interrupted run keeps its checkpoints in DIR's sibling
 .DIR.checkpoint/ and continues with --resume (same options and seed).
@@ -248,6 +249,7 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     from cryogmm.metrics.correlation import cross_correlation
     from cryogmm.mixture import GaussianMixture, evaluate, project
     from cryogmm.report.abinitio import plot_projections, plot_restarts
+    from cryogmm.report.maps import plot_central_slices
 
     settings = result.settings
     pixel = data.pixel_size_in_angstroms
@@ -280,8 +282,12 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
 
         sigma_in_pixels = result.mixture.sigma_in_angstroms / pixel
         compared = np.stack([ndimage.gaussian_filter(image, sigma_in_pixels) for image in images])
-    plot_projections(images, projections, folder / "projections.png", max_images=12,
+    plot_projections(images, projections, folder / "projections.png", pixel_size_in_angstroms=pixel,
+                     angles_in_degrees=np.column_stack([columns[k] for k in ("rlnAngleRot", "rlnAngleTilt",
+                                                                             "rlnAnglePsi")]),
                      title=f"{Path(args.images).name}: inputs (top) and projections of the result (bottom)")
+    plot_central_slices(volume, pixel, folder / "map_slices.png",
+                        title=f"map.mrc from {Path(args.images).name}: central slices (symmetry {settings.symmetry})")
     plot_restarts([r.trace for r in result.restarts], result.best_restart, result.refine_trace,
                   folder / "restarts.png", refine_burn_in=settings.refine_mixture_steps + 1 + settings.refine_burn_in,
                   title=f"{Path(args.images).name}: {settings.n_restarts} restarts, symmetry {settings.symmetry}")

@@ -77,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
     from cryogmm.io.pseudoatoms import write_pseudoatoms_cif, write_pseudoatoms_pdb
     from cryogmm.io.runs import RunFolder, write_json, write_settings
     from cryogmm.reconstruction.fit_map import default_counts, fit_map, prepare_counts, summarize
+    from cryogmm.report.maps import plot_central_slices
     from cryogmm.report.plots import plot_trace
 
     setup_logging(verbose=args.verbose)
@@ -116,6 +117,9 @@ def main(args: argparse.Namespace) -> int:
             write_pseudoatoms_cif(folder / "pseudoatoms.cif", result.mixture)
             write_map(folder / "fitted_map.mrc", result.fitted_map(), grid.spacing_in_angstroms,
                       grid.origin_in_angstroms)
+            plot_central_slices(result.fitted_map(), grid.spacing_in_angstroms, folder / "fitted_map_slices.png",
+                                title=f"fitted_map.mrc: K = {args.components} fitted to {Path(args.map).name}, "
+                                      "central slices")
             plot_trace(result.traces, folder / "trace.png", burn_in=args.burn_in if args.burn_in is not None
                        else (2 * args.steps) // 3, title=f"{Path(args.map).name}: K = {args.components}, {args.algorithm}")
             write_json(folder / "summary.json", summary)

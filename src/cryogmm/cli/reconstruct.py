@@ -9,7 +9,7 @@ mean map. The images must be non-negative (class averages or noise-free projecti
 
 Outputs in DIR: map.mrc (posterior mean or Fourier map, in the density units of the images, on
 the images' box with voxel = pixel size and MRC origin 0: the rotation centre is voxel box//2, as
-in RELION and in simulate-images' reference.mrc), summary.json (settings, seed, timings, final
+in RELION and in simulate-images' reference.mrc), map_slices.png (its central slices), summary.json (settings, seed, timings, final
 log-posterior, sigma; with --reference the cross-correlation, Eqn. 3.3, and FSC resolutions),
 settings.json, run.log; with gibbs also pseudoatoms.pdb/.cif (the sample with the highest
 log-posterior, with its symmetric copies, in map.mrc's coordinates so that they overlay it) and
@@ -115,6 +115,7 @@ def main(args: argparse.Namespace) -> int:
     from cryogmm.io.mrc import write_map
     from cryogmm.io.runs import RunFolder, write_json, write_settings
     from cryogmm.io.star import columns_to_poses, load_images, read_particles
+    from cryogmm.report.maps import plot_central_slices
     from cryogmm.pipelines.reconstruct import check_non_negative, reconstruct_fourier, reconstruct_known_poses
 
     setup_logging(verbose=args.verbose)
@@ -161,6 +162,9 @@ def main(args: argparse.Namespace) -> int:
                 volume = reconstruct_fourier(images, pixel, rotations, shifts, symmetry=args.symmetry)
                 summary.update(settings={}, timings={"total_seconds": time.perf_counter() - start})
             write_map(folder / "map.mrc", volume, pixel)  # origin 0: the rotation centre is voxel n // 2
+            plot_central_slices(volume, pixel, folder / "map_slices.png",
+                                title=f"map.mrc from {Path(args.star).name} ({args.method}, symmetry {args.symmetry}): "
+                                      "central slices")
             if reference is not None:
                 summary["reference"] = str(args.reference)
                 summary.update(compare_with_reference(volume, reference, pixel))

@@ -32,6 +32,7 @@ Writes into the output folder:
   class_poses.star        (with --classes) those C poses, one row per class projection
   reference.mrc           molmap at --reference-resolution on a box^3 grid, model centre at voxel
                           box//2 and MRC origin 0 (the RELION frame of the images)
+  reference_slices.png    central slices of reference.mrc
   settings.json           every setting and the seed;  run.log  the log
 
 Examples:
@@ -188,6 +189,7 @@ def main(args: argparse.Namespace) -> int:
     from cryogmm.io.mrc import write_map, write_stack
     from cryogmm.io.runs import RunFolder, write_settings
     from cryogmm.io.star import format_image_name, poses_to_columns, write_particles
+    from cryogmm.report.maps import plot_central_slices
 
     setup_logging(verbose=args.verbose)
     try:
@@ -269,6 +271,9 @@ def main(args: argparse.Namespace) -> int:
             grid = Grid.centered((args.box,) * 3, args.pixel_size)
             reference = molmap(coordinates, model.atomic_numbers, reference_resolution, grid)
             write_map(folder / "reference.mrc", reference, args.pixel_size)  # origin 0: RELION frame
+            plot_central_slices(reference, args.pixel_size, folder / "reference_slices.png",
+                                title=f"reference.mrc: {Path(args.model).name} at {reference_resolution:g} Å, "
+                                      "central slices")
 
             settings = {name: value for name, value in vars(args).items() if not name.startswith("_")}
             settings.update(seed=seed, model=str(Path(args.model).resolve()), output=str(Path(args.output).resolve()),

@@ -2,7 +2,8 @@
 
 Every atom becomes a Gaussian weighted by its atomic number, with sigma = resolution / (pi sqrt 2).
 The map is a cubic box centred on the model's Z-weighted centroid (voxel box//2), and its origin is
-set so that the map overlays the atomic model in ChimeraX.
+set so that the map overlays the atomic model in ChimeraX. Its central slices are drawn in
+MAP_slices.png beside it.
 
 Example:
     cryogmm simulate-map 1oel.pdb --resolution 15 --pixel-size 2 --output groel_15A.mrc
@@ -51,10 +52,16 @@ def check_model_path(path: Path) -> None:
     require_file(path)
 
 
+def slices_path(map_path: Path) -> Path:
+    """MAP.mrc -> MAP_slices.png (the figure written beside the map)."""
+    return map_path.with_name(f"{map_path.stem}_slices.png")
+
+
 def main(args: argparse.Namespace) -> int:
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.io.atoms import read_atoms
     from cryogmm.io.mrc import write_map
+    from cryogmm.report.maps import plot_central_slices
 
     setup_logging(verbose=args.verbose)
     try:
@@ -63,8 +70,10 @@ def main(args: argparse.Namespace) -> int:
         output = Path(args.output)
         if output.is_dir():
             raise InputError(f"--output {output}: is a folder; give a file name such as map.mrc")
-        if output.exists() and not args.force:
-            raise InputError(f"--output {output}: file exists; pass --force to replace it or choose another name")
+        figure = slices_path(output)
+        for path in (output, figure):
+            if path.exists() and not args.force:
+                raise InputError(f"--output {output}: {path} exists; pass --force to replace it or choose another name")
         model = read_atoms(args.model)
         coordinates, atomic_numbers = model.coordinates_in_angstroms, model.atomic_numbers
         grid = default_map_grid(coordinates, args.pixel_size, args.box,
@@ -82,7 +91,9 @@ def main(args: argparse.Namespace) -> int:
         density = molmap(coordinates, atomic_numbers, args.resolution, grid)
         output.parent.mkdir(parents=True, exist_ok=True)
         write_map(output, density, args.pixel_size, grid.origin_in_angstroms)
-        log.info("wrote %s", output)
+        plot_central_slices(density, args.pixel_size, figure,
+                            title=f"{output.name}: {args.model.name} at {args.resolution:g} Å, central slices")
+        log.info("wrote %s and %s", output, figure)
     finally:
         close_logging()
     return 0

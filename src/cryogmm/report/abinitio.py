@@ -7,15 +7,17 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from cryogmm.report.plots import _save
+from cryogmm.report.plots import _save, scale_bar
 
 
 def plot_restarts(restart_traces: list[np.ndarray], best: int, refine_trace: np.ndarray, path: str | os.PathLike,
-                  *, refine_burn_in: int | None = None, title: str = "") -> None:
+                  *, refine_burn_in: int | None = None, title: str = "") -> Figure:
     """Log-posterior per step of every initial-stage restart (the chosen one bold) and of the
     refinement (burn-in shaded)."""
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
+    ax1.set_title(f"initial stage: {len(restart_traces)} independent restarts", fontsize=9)
+    ax2.set_title(f"refinement of restart {best + 1}", fontsize=9)
     for i, trace in enumerate(restart_traces):
         trace = np.asarray(trace, dtype=float)
         steps = np.arange(trace.size)
@@ -33,20 +35,29 @@ def plot_restarts(restart_traces: list[np.ndarray], best: int, refine_trace: np.
     ax2.set_ylabel("log-posterior")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
+        # whole numbers: an axis offset (+1.2e6) makes the values hard to read off
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
     if title:
         fig.suptitle(title)
     _save(fig, path)
+    return fig
 
 
 def plot_projections(images: np.ndarray, projections: np.ndarray, path: str | os.PathLike, *,
-                     labels: list[str] | None = None, max_images: int = 12, title: str = "",
-                     row_names: tuple[str, str] = ("input", "model")) -> None:
+                     labels: list[str] | None = None, max_images: int = 24, title: str = "",
+                     row_names: tuple[str, str] = ("input", "model"), pixel_size_in_angstroms: float | None = None,
+                     angles_in_degrees: np.ndarray | None = None) -> Figure:
     """Pairs of rows: each input image (top) above the projection of the result along its
-    estimated pose (bottom), each on its own grey scale; `row_names` label the two."""
+    estimated pose (bottom), each on its own grey scale; `row_names` label the two.
+
+    At most `max_images` pairs are shown (the title then says how many of how many); with
+    `pixel_size_in_angstroms` the first image has a scale bar, and `angles_in_degrees` (P, 3)
+    (rot, tilt, psi) are written under each projection. Returns the figure (already written).
+    """
     n = min(len(images), max_images)
     cols = min(n, 6)
     rows = 2 * int(np.ceil(n / cols))
-    fig = Figure(figsize=(1.6 * cols, 1.6 * rows + 0.4), layout="constrained")
+    fig = Figure(figsize=(1.6 * cols, 1.75 * rows + 0.5), layout="constrained")
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -56,6 +67,19 @@ def plot_projections(images: np.ndarray, projections: np.ndarray, path: str | os
             ax = axes[r + j, c]
             ax.imshow(image, cmap="gray", origin="lower")
             ax.set_title(f"{labels[i] if labels else i + 1} {name}", fontsize=7)
-    if title:
-        fig.suptitle(title)
+        if angles_in_degrees is not None:
+            rot, tilt, psi = angles_in_degrees[i]
+            axes[r + 1, c].text(0.5, -0.04, f"({rot:.0f}, {tilt:.0f}, {psi:.0f})", fontsize=6, ha="center",
+                                va="top", transform=axes[r + 1, c].transAxes)
+    if pixel_size_in_angstroms is not None and n:
+        scale_bar(axes[0, 0], pixel_size_in_angstroms, images.shape[-1])
+    notes = []
+    if n < len(images):
+        notes.append(f"the first {n} of {len(images)} images shown")
+    if angles_in_degrees is not None:
+        notes.append("under each projection its (rot, tilt, psi) in degrees")
+    heading = "; ".join(x for x in [title, *notes] if x)
+    if heading:
+        fig.suptitle(heading, fontsize=9)
     _save(fig, path)
+    return fig

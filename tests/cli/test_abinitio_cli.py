@@ -139,6 +139,15 @@ def test_bad_inputs_are_refused(tmp_path, images, capsys):
     assert _expect_refusal_existing == 2 and "--force" in capsys.readouterr().err
 
 
+def test_negative_images_are_refused_naming_prepare_first(tmp_path, images, capsys):
+    path = tmp_path / "negative.mrcs"
+    write_stack(path, images[0] - 0.05 * images[0].max(), PIXEL)
+    _expect_refusal(capsys, ["abinitio", str(path)], "negative", tmp_path)
+    assert main(["abinitio", str(path), "--output", str(tmp_path / "run")] + TINY) == 2
+    err = capsys.readouterr().err
+    assert "pass --prepare" in err and err.index("--prepare") < err.index("--clip-negatives"), err
+
+
 def test_negative_images_run_with_clip_negatives(tmp_path, images):
     path = tmp_path / "negative.mrcs"
     write_stack(path, images[0] - 0.05 * images[0].max(), PIXEL)
@@ -161,7 +170,7 @@ def test_point_clouds_are_binned_into_count_images(tmp_path):
     assert main(["abinitio", str(path), "--output", str(tmp_path / "x")] + TINY) == 2  # no pixel size
 
 
-def test_prepare_masks_and_centres_images_with_a_background_and_negatives(tmp_path, images):
+def test_prepare_masks_and_centres_images_with_a_background_and_negatives(tmp_path, images, capsys):
     # RELION-like averages: a constant background, a dark CTF-correction halo (negative values)
     from scipy import ndimage
 
@@ -173,11 +182,26 @@ def test_prepare_masks_and_centres_images_with_a_background_and_negatives(tmp_pa
     write_stack(path, dirty, PIXEL)
     assert (dirty < 0).any()
     out = tmp_path / "run"
+    capsys.readouterr()
     assert main(["abinitio", str(path), "--prepare", "--seed", "1", "--output", str(out)] + TINY) == 0
     assert {"prepared.mrcs", "prepared.png"} <= {p.name for p in out.iterdir()}
     summary = json.loads((out / "summary.json").read_text())
     notes = " ".join(summary["prepare"])
     assert "negative pixels" in notes and "masked" in notes and "centred" in notes
+    err = capsys.readouterr().err
+    assert err.count("masked (auto)") == 1 and "prepare: masked (auto)" in err  # printed once
+    # orientations.star names the input images; the origins include the centring
+    from cryogmm.pipelines.prepare import prepare_images
+
+    shifts = prepare_images(dirty, PIXEL).shifts_in_angstroms
+    assert np.abs(shifts).max() > 1.0  # the images were really moved
+    names = [format_image_name(i, str(path)) for i in range(8)]
+    for star in (out / "orientations.star", out / "restarts" / "restart_1.star"):
+        table = read_particles(star)
+        assert table.particles["rlnImageName"].tolist() == names
+        assert "rlnVoltage" not in table.optics.columns  # a stack carries no microscope values: none invented
+    origins = read_particles(out / "restarts" / "restart_1.star").particles[["rlnOriginXAngst", "rlnOriginYAngst"]]
+    np.testing.assert_allclose(origins.to_numpy(), -shifts, atol=1e-5)
     prepared = read_stack(out / "prepared.mrcs").data
     assert prepared.min() >= 0 and prepared.shape == dirty.shape
     # the prepared images look like the clean projections again
@@ -232,4 +256,29 @@ def test_relion_model_star_input_runs_end_to_end(tmp_path, images):
     assert main(["abinitio", str(tmp_path / "run_it025_model.star"), "--seed", "1", "--output", str(out)] + TINY) == 0
     table = read_particles(out / "orientations.star")
     assert table.particles["rlnImageName"].tolist() == list(names[:8])
-    assert table.particles["rlnVoltage"].iloc[0] == 300.0  # RELION's usual optics: class averages carry none
+    assert "rlnVoltage" not in table.optics.columns  # no _data.star beside it: no microscope values invented
+    # with the iteration's _data.star beside the model.star its optics are copied
+    _star(tmp_path, tmp_path / "run_it025_classes.mrcs", images[1], "run_it025_data.star")
+    data_star = tmp_path / "run_it025_data.star"
+    data_star.write_text(data_star.read_text().replace("300.0", "200.0"))
+    again = tmp_path / "again"
+    assert main(["abinitio", str(tmp_path / "run_it025_model.star"), "--seed", "1", "--output", str(again)] + TINY) == 0
+    optics = read_particles(again / "orientations.star").optics
+    assert optics[["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]].iloc[0].tolist() == [200.0, 2.7, 0.1]
+
+
+def test_resume_of_a_finished_run_refuses_before_preparing(tmp_path, stack, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["abinitio", str(stack), "--seed", "2", "--output", str(out)] + TINY) == 0
+    import cryogmm.cli.abinitio as command
+
+    def no_preparation(*args):
+        raise AssertionError("prepared before checking --resume")
+
+    monkeypatch.setattr(command, "prepare_input", no_preparation)
+    capsys.readouterr()
+    assert main(["abinitio", str(stack), "--seed", "2", "--prepare", "--resume", "--output", str(out)] + TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "finished run" in err and "nothing to resume" in err, err
+    assert main(["abinitio", str(stack), "--seed", "2", "--resume", "--output", str(tmp_path / "never")] + TINY) == 2
+    assert "no checkpoint of an interrupted run" in capsys.readouterr().err

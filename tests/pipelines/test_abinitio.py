@@ -129,3 +129,17 @@ def test_a_script_without_the_main_guard_falls_back_to_in_process_restarts(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     assert "restarts 2" in done.stdout
     assert "__main__" in done.stderr and "running the restarts here instead" in done.stderr
+
+
+def test_the_api_refuses_negative_images_as_the_cli_does(phantom_images):
+    """Clipping 40% of the mass away without a word would change the data (issue 14, point 2)."""
+    from cryogmm.errors import InputError
+    from cryogmm.pipelines.prepare import prepare_images
+
+    images, _ = phantom_images
+    negative = images - 0.05 * images.max()
+    with pytest.raises(InputError, match=r"pixels are negative \(.*% of the absolute mass\).*prepare_images"):
+        run_abinitio(negative, 6.0, AbinitioSettings(**TINY), seed=1)
+    prepared = prepare_images(negative, 6.0)
+    result = run_abinitio(prepared.images, prepared.pixel_size_in_angstroms, AbinitioSettings(**TINY), seed=1)
+    assert result.posterior_mean.shape == (24, 24, 24)

@@ -144,3 +144,13 @@ def test_betagal_class_averages(shared_data):
     positive = np.clip(images - np.median(images[:, radii_in_pixels(100) > 45], axis=1)[:, None, None], 0, None)
     kept = (result.images * result.scale_factors[:, None, None]).sum(axis=(1, 2)) / positive.sum(axis=(1, 2))
     assert np.all((kept > 0.99) & (kept < 1.001))
+
+
+def test_a_zero_background_is_said_plainly():
+    """No "median of the outer ring: 0 to 0" (issue 14, point 8)."""
+    _, clean = stack()
+    notes = prepare_images(clean, PIXEL).notes
+    assert notes[0] == "no background to subtract: the median of the outer ring is 0 in all 4 images"
+    assert not any("0 to 0" in note for note in notes)
+    lifted = prepare_images(clean + 0.1, PIXEL).notes
+    assert lifted[0].startswith("subtracted the background (median of the outer ring: ")

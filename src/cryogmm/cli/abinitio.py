@@ -10,8 +10,10 @@ input needs and logs it: a STAR of particles with classes, in-plane poses and CT
 deconvolved class by class (multi-frame, 7 defocus groups; a STAR of class averages with CTFs
 single-frame), and images with negative values or a background are masked, centred and clipped
 (`cryogmm deconvolve`, `cryogmm prepare`); the images used are written to DIR/prepared.mrcs with
-prepared.png (and deconvolved.png). --clip-negatives only subtracts each image's background level
-(median of its outer ring) and sets what remains negative to zero.
+prepared.png (and deconvolved.png); orientations.star still names the input images, with the
+centring in its origins (classes deconvolved from particles are named after prepared.mrcs).
+--clip-negatives only subtracts each image's background level (median of its outer ring) and sets
+what remains negative to zero.
 
 Stages: several independent restarts of the initial stage (K = --components-initial on images
 downsampled to --initial-box, --initial-counts counts each, --rotations global rotations), ranked
@@ -21,8 +23,9 @@ thinned samples after burn-in.
 
 Outputs in DIR: map.mrc (posterior mean on the input pixel size and box; rotation centre at
 voxel box//2, MRC origin 0 as RELION writes it), pseudoatoms.pdb and .cif (best sample, all
-symmetric copies), orientations.star (estimated poses in RELION's convention with the input image
-names), summary.json (settings, seed, per-restart log-posteriors, chosen restart, component size,
+symmetric copies, one chain each), orientations.star (estimated poses in RELION's convention with
+the input image names; voltage, Cs and amplitude contrast copied from the input STAR file, or left
+out), summary.json (settings, seed, per-restart log-posteriors, chosen restart, component size,
 timings; with --reference: aligned FSC and cross-correlation; with --true-poses: rotation errors),
 restarts.png (log-posterior traces), projections.png (inputs next to projections of the result,
 with the estimated angles), map_slices.png (central slices of map.mrc),
@@ -145,22 +148,30 @@ def main(args: argparse.Namespace) -> int:
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.geometry.symmetry import canonical_symmetry_name
     from cryogmm.io.checkpoints import CheckpointFolder, checkpoint_dir_for
-    from cryogmm.io.images import clip_negatives, negative_part, read_input_images
+    from cryogmm.io.images import read_input_images
     from cryogmm.io.runs import RunFolder, check_output_dir
-    from cryogmm.pipelines.abinitio import run_abinitio, settings_dict
+    from cryogmm.pipelines.abinitio import refuse_negative_images, run_abinitio, settings_dict
+    from cryogmm.preprocess.normalise import clip_negatives, negative_part
 
     setup_logging(verbose=args.verbose)
     try:
         canonical_symmetry_name(args.symmetry)
         settings = build_settings(args)
+        if args.prepare and args.clip_negatives:
+            raise InputError("--prepare and --clip-negatives: choose one (--prepare masks and centres as well)")
         checkpoints = CheckpointFolder(checkpoint_dir_for(args.output))
+        if args.resume and not checkpoints.exists():  # before the (slow) preparation
+            if args.output.is_dir():
+                raise InputError(f"--resume: {args.output} is a finished run (no checkpoints of an interrupted run in "
+                                 f"{checkpoints.path}); nothing to resume: choose another --output, or pass --force "
+                                 "instead of --resume to run it again")
+            raise InputError(f"--resume: no checkpoint of an interrupted run in {checkpoints.path}; run without --resume")
         if not args.resume:
             check_output_dir(args.output, args.force)
             if checkpoints.exists() and not args.force:
                 raise InputError(f"--output {args.output}: an interrupted run left checkpoints in {checkpoints.path}; "
                                  "pass --resume to continue it or --force to start over")
-        if args.prepare and args.clip_negatives:
-            raise InputError("--prepare and --clip-negatives: choose one (--prepare masks and centres as well)")
+        run = RunFolder(args.output, force=args.force or args.resume)
         prepared = prepare_input(args.images, args.pixel_size) if args.prepare else None
         data = prepared.data if prepared else read_input_images(args.images, args.pixel_size)
         images = data.images
@@ -168,9 +179,7 @@ def main(args: argparse.Namespace) -> int:
         clipped_note = None
         if n_negative:
             if not args.clip_negatives:
-                raise InputError(f"{args.images}: {n_negative} pixels are negative ({100 * share:.1f}% of the absolute "
-                                 "mass) but the images are read as counts; deconvolve and mask them first, or pass "
-                                 "--clip-negatives to subtract the background and set negatives to zero")
+                refuse_negative_images(images, str(args.images), CLI_REMEDY)
             images = clip_negatives(images)
             clipped_note = {"negative_pixels": n_negative, "negative_share_of_mass": share}
         check_evaluation_inputs(args, images.shape, data.pixel_size_in_angstroms)
@@ -180,7 +189,6 @@ def main(args: argparse.Namespace) -> int:
                   "prepare": prepared.notes if prepared else None,
                   **settings_dict(settings)}
         checkpoints.start(record, resume=args.resume)
-        run = RunFolder(args.output, force=args.force or args.resume)
         jobs = args.jobs or min(os.cpu_count() or 1, settings.n_restarts)
         map_restarts = _dask_map(args.dask_scheduler) if args.dask_scheduler else None
         with run as folder:
@@ -197,7 +205,8 @@ def main(args: argparse.Namespace) -> int:
             progress = not args.quiet and sys.stderr.isatty()
             result = run_abinitio(images, data.pixel_size_in_angstroms, settings, seed, jobs=jobs,
                                   map_restarts=map_restarts, checkpoint=checkpoints, progress=progress)
-            summary = write_outputs(folder, args, data, images, result, seed, record, clipped_note)
+            summary = write_outputs(folder, args, data, images, result, seed, record, clipped_note,
+                                    prepared.shifts_in_angstroms if prepared else None)
             log.info("best restart %d of %d; sigma %.2f Å; %d samples averaged; %.1f s in all",
                      result.best_restart + 1, settings.n_restarts, result.mixture.sigma_in_angstroms,
                      result.n_samples, result.timings["total_seconds"])
@@ -218,6 +227,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+CLI_REMEDY = ("pass --prepare to mask, centre and clip them (deconvolving particles with CTFs first), or "
+              "--clip-negatives only to subtract each image's background and set negatives to zero")
+
+
 def check_evaluation_inputs(args, shape: tuple, pixel: float) -> None:
     """Refuse a --reference or --true-poses that cannot be compared, before the run starts."""
     from cryogmm.io.mrc import read_map
@@ -236,43 +249,35 @@ def check_evaluation_inputs(args, shape: tuple, pixel: float) -> None:
 
 
 def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: int, record: dict,
-                  clipped_note: dict | None) -> dict:
-    """Everything the run folder holds besides run.log."""
+                  clipped_note: dict | None, centring_shifts: np.ndarray | None = None) -> dict:
+    """Everything the run folder holds besides run.log. `centring_shifts` (P, 2) Å: where the
+    particle centres lie in the images `data.names` name relative to `images` (--prepare)."""
     import pandas as pd
 
+    from cryogmm.geometry.so3 import matrix_to_euler
     from cryogmm.grid import Grid
-    from cryogmm.io.mrc import write_map
-    from cryogmm.io.pseudoatoms import write_pseudoatom_files
-    from cryogmm.io.runs import write_json, write_settings
     from cryogmm.io.images import optics_values
+    from cryogmm.io.results import abinitio_volume, star_optics, write_abinitio_results
+    from cryogmm.io.runs import write_json, write_settings
     from cryogmm.io.star import poses_to_columns, write_particles
     from cryogmm.metrics.correlation import cross_correlation
-    from cryogmm.mixture import GaussianMixture, evaluate, project
+    from cryogmm.mixture import evaluate, project
     from cryogmm.report.abinitio import plot_projections, plot_restarts
     from cryogmm.report.maps import plot_central_slices
 
     settings = result.settings
     pixel = data.pixel_size_in_angstroms
     n = images.shape[-1]
-    # the posterior mean integrates to one; give it the images' mass (line integrals per Å^2)
-    mass = float(images.reshape(images.shape[0], -1).sum(1).mean()) * pixel**2
-    volume = result.posterior_mean * mass
-    write_map(folder / "map.mrc", volume, pixel)
-    # map.mrc has MRC origin 0, so the rotation centre (mixture coordinate 0) is at (n // 2) * pixel
-    full = result.full_mixture
-    moved = GaussianMixture(full.means_in_angstroms + (n // 2) * pixel, full.weights, full.precision_per_square_angstrom)
-    write_pseudoatom_files(folder / "pseudoatoms", moved, copies=full.n_components // result.mixture.n_components,
-                           symmetry=settings.symmetry, cell_in_angstroms=n * pixel)
-    optics = {"rlnOpticsGroupName": "opticsGroup1", "rlnImagePixelSize": pixel, "rlnImageSize": n,
-              "rlnImageDimensionality": 2, **optics_values(data.path)}
-    columns = poses_to_columns(result.rotations, result.translations_in_angstroms)
-    table = pd.DataFrame({"rlnImageName": data.names, **columns, "rlnOpticsGroup": 1})
-    write_particles(folder / "orientations.star", table, optics)
+    volume = abinitio_volume(result, images, pixel)
+    extra_optics = optics_values(data.path)
+    write_abinitio_results(folder, result, images, pixel, data.names, optics=extra_optics,
+                           centring_shifts_in_angstroms=centring_shifts)
     # each restart's rotations at the end of the initial stage (alternative solutions, diagnostics)
     (folder / "restarts").mkdir()
     for r in result.restarts:
-        table = pd.DataFrame({"rlnImageName": data.names, **poses_to_columns(r.rotations), "rlnOpticsGroup": 1})
-        write_particles(folder / "restarts" / f"restart_{r.index + 1}.star", table, optics)
+        table = pd.DataFrame({"rlnImageName": data.names, **poses_to_columns(r.rotations, centring_shifts),
+                              "rlnOpticsGroup": 1})
+        write_particles(folder / "restarts" / f"restart_{r.index + 1}.star", table, star_optics(pixel, n, extra_optics))
     grid2 = Grid.centered((n, n), pixel)
     projections = np.stack([evaluate(project(result.full_mixture, r, t), grid2)
                             for r, t in zip(result.rotations, result.translations_in_angstroms)])
@@ -283,8 +288,7 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
         sigma_in_pixels = result.mixture.sigma_in_angstroms / pixel
         compared = np.stack([ndimage.gaussian_filter(image, sigma_in_pixels) for image in images])
     plot_projections(images, projections, folder / "projections.png", pixel_size_in_angstroms=pixel,
-                     angles_in_degrees=np.column_stack([columns[k] for k in ("rlnAngleRot", "rlnAngleTilt",
-                                                                             "rlnAnglePsi")]),
+                     angles_in_degrees=np.column_stack(matrix_to_euler(result.rotations)),
                      title=f"{Path(args.images).name}: inputs (top) and projections of the result (bottom)")
     plot_central_slices(volume, pixel, folder / "map_slices.png",
                         title=f"map.mrc from {Path(args.images).name}: central slices (symmetry {settings.symmetry})")
@@ -325,14 +329,18 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
 
 @dataclass
 class PreparedInput:
-    """Input made fit for the Poisson model by `prepare_input`: the images (as InputImages, named
-    after DIR/prepared.mrcs), what was done (notes), and the figures to write."""
+    """Input made fit for the Poisson model by `prepare_input`: the images (as InputImages, with
+    the input's image names, or named after DIR/prepared.mrcs for classes deconvolved from
+    particles, which have no input image), what was done (notes), the figures to write, and
+    `shifts_in_angstroms` (P, 2): where the particle centre lies in each named image relative to
+    the centred image used (None: no shift between them)."""
 
     data: object
     notes: list
     before: np.ndarray | None = None
     prepared: object = None
     deconvolved: object = None
+    shifts_in_angstroms: np.ndarray | None = None
 
     def write(self, folder: Path) -> None:
         from cryogmm.io.mrc import write_stack
@@ -355,8 +363,7 @@ class PreparedInput:
 def _needs_preparation(images: np.ndarray) -> str | None:
     """Why the images are not counts as they are: negative values, or a background around the
     particle (the outer ring's median above 1% of the brightest pixel); None if they are fine."""
-    from cryogmm.io.images import negative_part
-    from cryogmm.preprocess.normalise import background_levels
+    from cryogmm.preprocess.normalise import background_levels, negative_part
 
     n_negative, share = negative_part(images)
     if n_negative:
@@ -396,10 +403,13 @@ def prepare_input(path: Path, pixel_size_in_angstroms: float | None) -> Prepared
     notes.append(f"masking and centring: {reason or 'the deconvolved images have a faint background'}")
     prepared = prepare_images(images, pixel, source=str(path))
     notes += list(prepared.notes)
-    names = [format_image_name(i, "prepared.mrcs") for i in range(prepared.images.shape[0])]
+    if deconvolved is None:  # orientations.star names the input images; its origins add the centring
+        names, shifts = data.names, prepared.shifts_in_angstroms
+    else:  # classes from particles: the deconvolved, centred images in DIR/prepared.mrcs are the inputs
+        names, shifts = [format_image_name(i, "prepared.mrcs") for i in range(prepared.images.shape[0])], None
     data = InputImages(np.asarray(prepared.images, dtype=np.float64), float(prepared.pixel_size_in_angstroms),
                        names, path)
-    return PreparedInput(data, notes, images, prepared, deconvolved)
+    return PreparedInput(data, notes, images, prepared, deconvolved, shifts)
 
 
 def compare_with_reference(volume: np.ndarray, pixel: float, reference_path: Path, folder: Path) -> dict:

@@ -13,7 +13,6 @@ from cryogmm.errors import InputError
 from cryogmm.io.mrc import read_stack
 from cryogmm.io.paths import require_file
 from cryogmm.io.star import format_image_name, load_images, read_particles
-from cryogmm.preprocess.normalise import background_levels
 
 MIN_IMAGES = 3
 
@@ -104,34 +103,21 @@ def read_input_images(path: str | os.PathLike, pixel_size_in_angstroms: float | 
     return result
 
 
-def negative_part(images: np.ndarray) -> tuple[int, float]:
-    """Number of clearly negative pixels (below -1e-6 of the largest value) and their share of
-    the absolute mass."""
-    scale = float(np.abs(images).max())
-    negative = images < -1e-6 * scale
-    mass = float(np.abs(images).sum())
-    return int(negative.sum()), float(-images[negative].sum() / mass) if mass > 0 else 0.0
-
-
-def clip_negatives(images: np.ndarray) -> np.ndarray:
-    """Subtract each image's background level (median of its outermost ring of pixels) and set
-    what is still negative to zero."""
-    images = np.asarray(images, dtype=np.float64)
-    return np.clip(images - background_levels(images)[:, None, None], 0.0, None)
-
-
-RELION_DEFAULT_OPTICS = {"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
+OPTICS_COPIED = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 
 
 def optics_values(path: str | os.PathLike) -> dict:
-    """Voltage, Cs and amplitude contrast of a particle STAR's first row, else RELION's usual
-    values (for stacks, point clouds and class averages, which carry no CTF; RELION needs the
-    columns in a STAR file that cryogmm writes)."""
-    values = dict(RELION_DEFAULT_OPTICS)
+    """Voltage, Cs and amplitude contrast of the input, to copy into a STAR file cryogmm writes:
+    from a particle STAR's first row, or for a RELION `_model.star` from the `_data.star` of the
+    same iteration beside it; those it does not hold are left out (stacks, point clouds and class
+    averages carry no microscope values, and none are invented). RELION 3.1 reads a STAR file only
+    with rlnVoltage and rlnSphericalAberration: add the microscope's values if RELION is to read it."""
     path = Path(path)
-    if path.suffix.lower() == ".star" and not is_model_star(path):
-        particles = read_particles(path).particles
-        for key in values:
-            if key in particles.columns:
-                values[key] = float(particles[key].iloc[0])
-    return values
+    if path.suffix.lower() != ".star":
+        return {}
+    if is_model_star(path):
+        path = path.with_name(path.name.replace("_model.star", "_data.star"))
+        if not path.name.endswith("_data.star") or not path.is_file():
+            return {}
+    particles = read_particles(path).particles
+    return {key: float(particles[key].iloc[0]) for key in OPTICS_COPIED if key in particles.columns}

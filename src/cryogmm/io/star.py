@@ -53,8 +53,9 @@ _OPTICS_NAMES = {
     "spherical_aberration_in_mm": "rlnSphericalAberration",
     "amplitude_contrast": "rlnAmplitudeContrast",
 }
-_REQUIRED_OPTICS = ("rlnImagePixelSize", "rlnImageSize", "rlnVoltage", "rlnSphericalAberration",
-                    "rlnAmplitudeContrast")
+_REQUIRED_OPTICS = ("rlnImagePixelSize", "rlnImageSize")
+# written when known (RELION 3.1 itself needs the first two to read a file)
+_MICROSCOPE_OPTICS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 
 # RELION CTF column -> CTFParameters field (see ctf_parameters for which are required)
@@ -206,11 +207,13 @@ def write_particles(path: str | os.PathLike, particles: pd.DataFrame, optics: di
         One row per particle with `rlnImageName` and any other RELION columns. Columns that
         belong to the optics block are moved there; `rlnOpticsGroup` is set to the group.
     optics : dict
-        `pixel_size_in_angstroms`, `image_size` (pixels), `voltage_in_kv`,
-        `spherical_aberration_in_mm`, `amplitude_contrast`, optional `name`,
-        `dimensionality` (default 2) and `group` (default 1); RELION names
-        (`rlnImagePixelSize`, ...) are accepted too. An entry left out is taken from the particle
-        column of the same RELION name when that holds one value (as `ctf_columns` gives).
+        `pixel_size_in_angstroms` and `image_size` (pixels); `voltage_in_kv`,
+        `spherical_aberration_in_mm` and `amplitude_contrast` when known (class averages and
+        simulated images without a CTF have none, and none are invented: RELION 3.1 needs the
+        voltage and Cs to read the file); optional `name`, `dimensionality` (default 2) and
+        `group` (default 1); RELION names (`rlnImagePixelSize`, ...) are accepted too. An entry
+        left out is taken from the particle column of the same RELION name when that holds one
+        value (as `ctf_columns` gives).
 
     Raises
     ------
@@ -221,7 +224,7 @@ def write_particles(path: str | os.PathLike, particles: pd.DataFrame, optics: di
     row = {"rlnOpticsGroup": 1, "rlnOpticsGroupName": "opticsGroup1", "rlnImageDimensionality": 2}
     for key, value in optics.items():
         row[_OPTICS_NAMES.get(key, key)] = value
-    for name in _REQUIRED_OPTICS:
+    for name in _REQUIRED_OPTICS + _MICROSCOPE_OPTICS:
         if name in particles.columns:
             values = pd.unique(particles[name])
             if name not in row and len(values) == 1:

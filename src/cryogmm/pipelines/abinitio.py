@@ -31,10 +31,12 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from cryogmm.errors import InputError
 from cryogmm.geometry.so3 import mean_rotation
 from cryogmm.geometry.symmetry import canonical_symmetry_name, symmetry_operators
 from cryogmm.grid import Grid
 from cryogmm.mixture import GaussianMixture, evaluate
+from cryogmm.preprocess.normalise import negative_part
 from cryogmm.preprocess.resample import fourier_crop
 from cryogmm.samplers.projected import (ImageCounts, ProjectedGibbsSampler, ProjectedState, basin_search,
                                         default_projection_prior, expand_symmetry, global_rotation_step,
@@ -125,6 +127,20 @@ def images_to_counts(images: np.ndarray, pixel_size_in_angstroms: float, box: in
     return ImageCounts(discretise(small, n_counts, per_image=True), pixel_size_in_angstroms * n / box)
 
 
+# what to do about negative images, said to a caller of the Python API (the CLI names its options)
+API_REMEDY = ("prepare them first with cryogmm.pipelines.prepare.prepare_images (mask, centre and clip, as "
+              "`cryogmm abinitio --prepare` does), or clip them with cryogmm.preprocess.normalise.clip_negatives")
+
+
+def refuse_negative_images(images: np.ndarray, source: str = "images", remedy: str = API_REMEDY) -> None:
+    """InputError if the images have clearly negative pixels (`negative_part`): the Poisson model
+    reads them as counts, and silently clipping 40% of the mass away would change the data."""
+    n_negative, share = negative_part(images)
+    if n_negative:
+        raise InputError(f"{source}: {n_negative} pixels are negative ({100 * share:.1f}% of the absolute mass), "
+                         f"but the images are read as counts; {remedy}")
+
+
 def _mixture_arrays(prefix: str, mixture: GaussianMixture) -> dict:
     return {f"{prefix}means": mixture.means_in_angstroms, f"{prefix}weights": mixture.weights,
             f"{prefix}precision": np.array(mixture.precision_per_square_angstrom)}
@@ -213,12 +229,15 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
                  progress: bool = False) -> AbinitioResult:
     """The whole ab initio pipeline on non-negative square images `(P, n, n)`.
 
+    Images with negative values are refused (InputError, `refuse_negative_images`), as the CLI
+    refuses them; prepare them with `cryogmm.pipelines.prepare.prepare_images` first.
     map_restarts : optional `map_restarts(function, indices)` that runs `function(i)` for each
         restart index (e.g. on a Dask cluster) and returns the results in order; otherwise
         restarts run in `jobs` local processes (1: in this process).
     checkpoint : optional object with `load(name) -> dict | None` and `save(name, dict)`.
     """
     images = np.asarray(images, dtype=np.float64)
+    refuse_negative_images(images)
     timings = {}
     t0 = time.perf_counter()
     seeds = np.random.SeedSequence(seed).spawn(settings.n_restarts + 1)

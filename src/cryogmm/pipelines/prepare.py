@@ -173,9 +173,13 @@ def prepare_images(images: np.ndarray, pixel_size_in_angstroms: float, *, mask: 
         pixel *= n / int(box)
         n = int(box)
 
+    peak = float(np.abs(images).max())
     images, levels = subtract_background(images)
-    notes.append(f"subtracted the background (median of the outer ring: {levels.min():.3g} to "
-                 f"{levels.max():.3g}) from {n_images} images")
+    if np.all(np.abs(levels) <= 1e-6 * peak):
+        notes.append(f"no background to subtract: the median of the outer ring is 0 in all {n_images} images")
+    else:
+        notes.append(f"subtracted the background (median of the outer ring: {levels.min():.3g} to "
+                     f"{levels.max():.3g}) from {n_images} images")
 
     radius_in_pixels = None if radius_in_angstroms is None else radius_in_angstroms / pixel
     contrast = central_contrast(images, radius_in_pixels)
@@ -241,7 +245,7 @@ def prepare_images(images: np.ndarray, pixel_size_in_angstroms: float, *, mask: 
         notes.append(f"scaled all images by one factor (1/{factors[0]:.4g}): the median image sums to 1")
     elif scale == "per-image":
         notes.append("scaled every image to sum to 1")
-    for note in notes:
-        logger.info(note)
+    for note in notes:  # the caller reports them (`notes`), once
+        logger.debug(note)
     return PreparedImages(prepared, pixel, np.array(masks), total * pixel, inverted, fractions, levels,
                           factors, tuple(notes), settings)

@@ -631,7 +631,8 @@ def deconvolve(group_images, group_ctfs, group_weights=None, *, alpha=None, pola
         out[i], losses[i], iterations[i], converged[i] = _solve(
             operator, data[i:i + 1], terms.energy[i:i + 1], start[i:i + 1],
             max_iterations=int(max_iterations), tolerance=tolerance, support_box=support_box)
-    logger.info("deconvolved %d classes (%d groups, %d px): median %d L-BFGS-B iterations, "
+    # debug: the callers report the outcome (alpha, polarity) in their notes, once
+    logger.debug("deconvolved %d classes (%d groups, %d px): median %d L-BFGS-B iterations, "
                 "%d not converged; alpha %s (median %.3g); polarity %+d (%s)", c, images.shape[1], n,
                 np.median(iterations), np.sum(~converged), alpha_rule, np.median(alpha_values), sign,
                 polarity_rule)

@@ -74,6 +74,23 @@ def negative_mass_fraction(images: np.ndarray, masks: np.ndarray) -> float:
     return float(np.abs(weighted[weighted < 0]).sum() / total) if total > 0 else 0.0
 
 
+def negative_part(images: np.ndarray) -> tuple[int, float]:
+    """Number of clearly negative pixels (below -1e-6 of the largest absolute value) and their
+    share of the absolute mass."""
+    images = np.asarray(images, dtype=np.float64)
+    scale = float(np.abs(images).max()) if images.size else 0.0
+    negative = images < -1e-6 * scale
+    mass = float(np.abs(images).sum())
+    return int(negative.sum()), float(-images[negative].sum() / mass) if mass > 0 else 0.0
+
+
+def clip_negatives(images: np.ndarray) -> np.ndarray:
+    """Subtract each image's background level (median of its outermost ring of pixels) and set
+    what is still negative to zero (`cryogmm abinitio --clip-negatives`)."""
+    images = np.asarray(images, dtype=np.float64)
+    return np.clip(images - background_levels(images)[:, None, None], 0.0, None)
+
+
 def scale_images(images: np.ndarray, scale: str | None = "common") -> tuple[np.ndarray, np.ndarray]:
     """Put non-negative images on a convenient intensity scale.
 

@@ -265,6 +265,15 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     from cryogmm.report.abinitio import plot_projections, plot_restarts
     from cryogmm.report.maps import plot_central_slices
 
+    def final(value):
+        """A path into the temporary run `folder` as it will be once the run is complete."""
+        if not isinstance(value, Path):
+            return value
+        try:
+            return Path(args.output) / value.relative_to(folder)
+        except ValueError:
+            return value
+
     settings = result.settings
     pixel = data.pixel_size_in_angstroms
     n = images.shape[-1]
@@ -297,8 +306,8 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
                   title=f"{Path(args.images).name}: {settings.n_restarts} restarts, symmetry {settings.symmetry}")
     summary = {
         "seed": seed,
-        "images": str(args.images), "n_images": int(images.shape[0]), "box": n, "pixel_size_in_angstroms": pixel,
-        "symmetry": settings.symmetry,
+        "images": str(final(args.images)), "n_images": int(images.shape[0]), "box": n,
+        "pixel_size_in_angstroms": pixel, "symmetry": settings.symmetry,
         "restart_log_posteriors": [r.log_posterior for r in result.restarts],
         "restart_seconds": [r.seconds for r in result.restarts],
         "chosen_restart": result.best_restart + 1,
@@ -318,11 +327,11 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     if record.get("prepare"):
         summary["prepare"] = record["prepare"]
     if args.reference is not None:
-        summary["reference"] = compare_with_reference(volume, pixel, args.reference, folder)
+        summary["reference"] = compare_with_reference(volume, pixel, args.reference, folder, final(args.reference))
     if args.true_poses is not None:
         summary["rotation_errors"] = compare_with_true_poses(result, args.true_poses)
     write_json(folder / "summary.json", summary)
-    write_settings(folder, "abinitio", {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    write_settings(folder, "abinitio", {k: final(v) for k, v in vars(args).items() if not k.startswith("_")}
                    | {"resolved": record}, seed)
     return summary
 
@@ -412,8 +421,10 @@ def prepare_input(path: Path, pixel_size_in_angstroms: float | None) -> Prepared
     return PreparedInput(data, notes, images, prepared, deconvolved, shifts)
 
 
-def compare_with_reference(volume: np.ndarray, pixel: float, reference_path: Path, folder: Path) -> dict:
-    """Align the result to the reference (rotation, shift, hand) and measure FSC and CC."""
+def compare_with_reference(volume: np.ndarray, pixel: float, reference_path: Path, folder: Path,
+                           recorded_path: Path | None = None) -> dict:
+    """Align the result to the reference (rotation, shift, hand) and measure FSC and CC; the
+    reference is recorded as `recorded_path` (its final place) if given."""
     from cryogmm.io.mrc import read_map
     from cryogmm.metrics.alignment import align_maps
     from cryogmm.metrics.correlation import cross_correlation
@@ -423,8 +434,8 @@ def compare_with_reference(volume: np.ndarray, pixel: float, reference_path: Pat
     reference = read_map(reference_path)  # box and pixel size checked before the run
     alignment = align_maps(reference.data, volume, pixel)
     curve = fourier_shell_correlation(reference.data, alignment.aligned, pixel)
-    plot_fsc({"result vs reference": curve}, folder / "fsc.png")
-    return {"path": str(reference_path), "cross_correlation": cross_correlation(reference.data, alignment.aligned),
+    plot_fsc({f"map.mrc vs {reference_path.name} (aligned)": curve}, folder / "fsc.png")
+    return {"path": str(recorded_path or reference_path), "cross_correlation": cross_correlation(reference.data, alignment.aligned),
             "fsc_0.5_in_angstroms": resolution_at(curve, 0.5), "fsc_0.143_in_angstroms": resolution_at(curve, 0.143),
             "mirrored": bool(alignment.mirrored)}
 

@@ -26,6 +26,7 @@ COMMANDS = {
     "deconvolve": "deconvolve",
     "ctf": "ctf",
     "prepare": "prepare",
+    "refine": "refine",
 }
 
 EXIT_BAD_INPUT = 2
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"cryogmm {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"cryogmm {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # a command may say what was kept, e.g. checkpoints
+        print(f"cryogmm {args.command}: interrupted" + (f"; {interrupt}" if str(interrupt) else ""), file=sys.stderr)
         return 130
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from cryogmm import __version__
 from cryogmm.errors import InputError
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cryogmm {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as interrupt:  # a command may say what was kept, e.g. checkpoints
+        if argv is None and threading.current_thread() is threading.main_thread():
+            # the program is ending: a second Ctrl-C must not kill it half-way (nor print a traceback)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"cryogmm {args.command}: interrupted" + (f"; {interrupt}" if str(interrupt) else ""), file=sys.stderr)
         return 130
 

@@ -203,8 +203,12 @@ def main(args: argparse.Namespace) -> int:
                 log.info("%d negative pixels (%.1f%% of the absolute mass): background subtracted and negatives set "
                          "to zero (--clip-negatives)", n_negative, 100 * share)
             progress = not args.quiet and sys.stderr.isatty()
-            result = run_abinitio(images, data.pixel_size_in_angstroms, settings, seed, jobs=jobs,
-                                  map_restarts=map_restarts, checkpoint=checkpoints, progress=progress)
+            try:
+                result = run_abinitio(images, data.pixel_size_in_angstroms, settings, seed, jobs=jobs,
+                                      map_restarts=map_restarts, checkpoint=checkpoints, progress=progress)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(f"the checkpoints in {checkpoints.path} are kept: run the same command "
+                                        "with --resume to continue") from None
             summary = write_outputs(folder, args, data, images, result, seed, record, clipped_note,
                                     prepared.shifts_in_angstroms if prepared else None)
             log.info("best restart %d of %d; sigma %.2f Å; %d samples averaged; %.1f s in all",

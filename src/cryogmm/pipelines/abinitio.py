@@ -22,8 +22,11 @@ random generator's state, so that a resumed run gives the same result as an unin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -286,12 +289,22 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
         saved_environment = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
         os.environ.update({name: str(threads) for name in _THREAD_VARIABLES})
         try:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = [pool.submit(run_restart, i, seeds[i], initial, settings) for i in todo]
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker, initargs=(threads,))
+            try:
+                with _sigint_ignored():  # the workers are started (spawned) by submit
+                    futures = [pool.submit(run_restart, i, seeds[i], initial, settings) for i in todo]
                 for future in tqdm(as_completed(futures), total=len(futures), desc="restarts",
                                    disable=not progress, leave=False, unit="restart"):
                     finished(future.result())
+            except BaseException:
+                # Ctrl-C or a failed restart: end the other restarts now rather than wait for them
+                # (minutes); the finished ones are in the checkpoint
+                with _sigint_ignored():  # a second Ctrl-C must not break off the clean-up
+                    _end_workers(pool)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
         except BrokenProcessPool:
             # typically a script without `if __name__ == "__main__":`, which spawned workers re-run
             logger.warning("the restart processes could not start (a script that calls run_abinitio with jobs > 1 "
@@ -333,7 +346,42 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 def _init_worker(n_threads: int) -> None:
     import numba
 
+    # Ctrl-C is for the main process, which ends the workers (a terminal sends SIGINT to all)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing lock, a named semaphore that a worker ended by
+    # SIGTERM could not release ("leaked semaphore objects"); a worker draws no bars
+    tqdm.set_lock(threading.RLock())
     numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored in this process for the duration (main thread only; elsewhere a no-op).
+
+    Processes started meanwhile keep it ignored from their first instruction (an ignored signal
+    stays ignored across exec), so Ctrl-C cannot interrupt a spawned worker while it imports,
+    before `_init_worker` runs. A Ctrl-C that falls in these few milliseconds is lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _end_workers(pool) -> None:
+    """Terminate the worker processes of a ProcessPoolExecutor at once (SIGTERM); before Python
+    3.14 the executor offers this only through its private `_processes`."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 
 def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_sequence, best: RestartResult,

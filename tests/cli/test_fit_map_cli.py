@@ -135,6 +135,8 @@ BAD_INPUTS = {
     "components 0": ("blobs.mrc", None, ["--components", "0"], "--components"),
     "negative steps": ("blobs.mrc", None, ["--steps", "0"], "--steps"),
     "bad pixel size": ("blobs.mrc", None, ["--pixel-size", "-1"], "--pixel-size"),
+    "unknown symmetry": ("blobs.mrc", None, ["--symmetry", "X3"], "--symmetry X3"),
+    "a folder": ("maps", lambda path: path.mkdir(), [], "is a folder, not a file"),
 }
 
 
@@ -213,3 +215,59 @@ def test_existing_output_needs_force(map_path, tmp_path, capsys):
     assert main(["fit-map", str(map_path), "--seed", "1", "--output", str(out), "--force"] + FAST) == 0
     assert set(_listing(out)) == OUTPUTS
     assert _listing(tmp_path) == ["blobs.mrc", "fit"]
+
+
+def test_symmetry_is_imposed_about_the_box_centre(tmp_path, capsys):
+    from cryogmm.geometry.symmetry import symmetry_operators
+    from cryogmm.samplers.projected import expand_symmetry
+
+    grid = Grid(SHAPE, VOXEL, ORIGIN)
+    center = grid.center_in_angstroms()
+    unit = GaussianMixture(center + np.array([[9.0, 4.0, 6.0], [3.0, -8.0, 10.0]]), [0.6, 0.4], 1 / 3.0**2)
+    truth = expand_symmetry(unit, symmetry_operators("D2"), center)
+    write_map(tmp_path / "d2.mrc", evaluate(truth, grid).astype(np.float32), VOXEL, ORIGIN)
+    out = tmp_path / "fit"
+    assert main(["fit-map", str(tmp_path / "d2.mrc"), "--symmetry", "d2", "--components", "16", "--counts", "5e4",
+                 "--steps", "40", "--thin", "2", "--seed", "3", "--quiet", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["symmetry"] == "D2" and summary["symmetric_copies"] == 4 and summary["n_components"] == 16
+    assert summary["cross_correlation"] > 0.98
+    fitted = read_pseudoatoms(out / "pseudoatoms.pdb")
+    # the four copies are the asymmetric unit turned about the box centre
+    copies = fitted.means_in_angstroms.reshape(4, 4, 3)
+    again = expand_symmetry(GaussianMixture(copies[0], np.full(4, 0.25), 1.0), symmetry_operators("D2"), center)
+    np.testing.assert_allclose(again.means_in_angstroms, fitted.means_in_angstroms, atol=2e-3)
+    chains = [line[21] for line in (out / "pseudoatoms.pdb").read_text().splitlines() if line.startswith("HETATM")]
+    assert chains == list("AAAABBBBCCCCDDDD")
+    assert "symmetry D2 about the box centre" in capsys.readouterr().err
+
+
+def test_fitted_map_scaling_and_the_prior_are_said_plainly(tmp_path, capsys):
+    from cryogmm.cli import build_parser
+
+    noisy = _blob_map() - 0.02 * _blob_map().max()  # a negative background, as in experimental maps
+    write_map(tmp_path / "noisy.mrc", noisy, VOXEL, ORIGIN)
+    out = tmp_path / "fit"
+    assert main(["fit-map", str(tmp_path / "noisy.mrc"), "--seed", "1", "--output", str(out)] + FAST) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    fitted = read_map(out / "fitted_map.mrc").data.sum(dtype=np.float64)
+    assert fitted == pytest.approx(summary["fitted_map_total"], rel=1e-6)
+    assert fitted == pytest.approx(summary["non_negative_part_total"], rel=1e-5)
+    assert summary["non_negative_part_total"] > 1.1 * summary["input_total"]  # the two differ here
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["fit-map"].description.split())
+    assert "scaled so that its total equals that of the part of the map that was fitted" in help_text
+    assert "scaled to the input's total" not in help_text
+    err = capsys.readouterr().err
+    prior = next(line for line in err.splitlines() if line.startswith("prior: "))
+    settings = json.loads((out / "settings.json").read_text())["settings"]["prior"]
+    sd = 1 / np.sqrt(settings["mean_precision_per_square_angstrom"])
+    assert f"component positions around the map's centre of mass" in prior
+    assert f"with a standard deviation of {sd:.1f} Å" in prior
+    assert "a typical sigma of 10.0 Å" in prior and "1/r" not in prior
+
+
+def test_an_output_folder_named_like_a_file_is_warned_about(map_path, tmp_path, capsys):
+    assert main(["fit-map", str(map_path), "--seed", "1", "--output", str(tmp_path / "groel.pdb")] + FAST) == 0
+    assert (tmp_path / "groel.pdb" / "pseudoatoms.pdb").is_file()
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "groel.pdb is the output folder" in warning[0] and "groel " in warning[0]

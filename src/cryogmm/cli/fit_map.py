@@ -8,12 +8,21 @@ the cross-correlation is reported against the map as given and against its non-n
 --threshold raises that level to zero weak positive values too (e.g. solvent noise below the
 author's contour level).
 
-Outputs in DIR: pseudoatoms.pdb and pseudoatoms.cif (last sample; open them over the map in
-ChimeraX), fitted_map.mrc (posterior mean of the mixture on the input grid, scaled to the input's
-total), summary.json, trace.png (log-posterior and sigma per step), settings.json, run.log.
+--symmetry (C1, Cn, Dn, T, O, I; RELION's axes, as in `cryogmm abinitio`) imposes a point group
+about the box centre (voxel n//2): K / |G| components are fitted in the asymmetric unit and copied.
+The map's symmetry axes must lie along RELION's (Cn, Dn: n-fold along z), as in maps from RELION
+and the EMDB's symmetrised maps.
 
-Example:
+Outputs in DIR: pseudoatoms.pdb and pseudoatoms.cif (last sample; one chain per symmetric copy,
+the box as unit cell; open them over the map in ChimeraX), fitted_map.mrc (posterior mean of the
+mixture on the input grid, scaled so that its total equals that of the part of the map that was
+fitted, i.e. the map with the values below --threshold (default: the negative values) set to
+zero; summary.json gives both totals), fitted_map_slices.png, summary.json, trace.png
+(log-posterior and sigma per step), settings.json, run.log.
+
+Examples:
     cryogmm fit-map polII_15A.mrc --components 500 --seed 1 --output polII_fit
+    cryogmm fit-map emd_1997.map --components 1000 --symmetry D7 --threshold 0.5 --output groel_fit
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("map", type=Path, help="density map (MRC)")
     parser.add_argument("--components", "-K", type=int, required=True, help="number of Gaussian components")
     parser.add_argument("--algorithm", choices=("gibbs", "em"), default="gibbs", help="default: gibbs")
+    parser.add_argument("--symmetry", default="C1",
+                        help="point group imposed about the box centre: C1, Cn, Dn, T, O, I (default C1); "
+                             "--components then counts the whole particle")
     parser.add_argument("--counts", type=float, default=None,
                         help="total counts the map is discretised to (default: 1e6 or 2000 per component, whichever is more)")
     parser.add_argument("--steps", type=int, default=300, help="Gibbs/EM steps (default 300)")
@@ -53,6 +65,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    from cryogmm.geometry.symmetry import canonical_symmetry_name
+
+    try:
+        args.symmetry = canonical_symmetry_name(args.symmetry)
+    except InputError as err:
+        raise InputError(f"--symmetry {args.symmetry}: {err}") from None
     if args.components < 1:
         raise InputError(f"--components {args.components}: must be at least 1")
     if args.counts is not None and (not math.isfinite(args.counts) or not 1 <= args.counts <= 2**31 - 1):
@@ -71,10 +89,24 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--seed {args.seed}: must be a non-negative integer")
 
 
+def describe_prior(prior) -> str:
+    """The prior of the fit in words, with its numbers (thesis section 3.1.5)."""
+    center = ", ".join(f"{c:.1f}" for c in prior.center_in_angstroms)
+    if prior.mean_prior == "independent":
+        spread = f"a standard deviation of {1 / np.sqrt(prior.mean_precision):.1f} Å"
+    else:
+        spread = f"a standard deviation of 1/sqrt(r s) with r = {prior.mean_precision:.3g}"
+    return (f"component positions around the map's centre of mass ({center}) Å with {spread} (the spread of the "
+            f"whole map taken as one Gaussian; precision r = {prior.mean_precision:.3g} /Å²); component width: "
+            f"precision Gamma(a = {prior.shape:g}, b = {prior.rate:g} Å²), a typical sigma of "
+            f"{np.sqrt(prior.rate / prior.shape):.1f} Å before the data have their say; weights: Dirichlet("
+            f"{prior.concentration:g}), which favours weights of similar size")
+
+
 def main(args: argparse.Namespace) -> int:
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.io.mrc import read_map, write_map
-    from cryogmm.io.pseudoatoms import write_pseudoatoms_cif, write_pseudoatoms_pdb
+    from cryogmm.io.pseudoatoms import write_pseudoatom_files
     from cryogmm.io.runs import RunFolder, write_json, write_settings
     from cryogmm.reconstruction.fit_map import default_counts, fit_map, prepare_counts, summarize
     from cryogmm.report.maps import plot_central_slices
@@ -96,13 +128,14 @@ def main(args: argparse.Namespace) -> int:
             result = fit_map(volume.data, grid, args.components, rng=np.random.default_rng(seed),
                              algorithm=args.algorithm, n_counts=n_counts, n_steps=args.steps,
                              burn_in=args.burn_in, thin=args.thin, cutoff_sigmas=args.cutoff_sigmas,
-                             threshold=args.threshold,
+                             threshold=args.threshold, symmetry=args.symmetry,
                              progress=not args.quiet and sys.stderr.isatty())
-            prior = result.prior
-            log.info("discretised to %d counts (asked for %d); prior: means N(centre of mass %s Å, "
-                     "1/r with r = %.3g /Å²), precision Gamma(a = %g, b = %g Å²), weights Dirichlet(%g); "
-                     "seed %d", result.data.n_counts, n_counts, np.round(prior.center_in_angstroms, 2).tolist(),
-                     prior.mean_precision, prior.shape, prior.rate, prior.concentration, seed)
+            log.info("discretised to %d counts (asked for %d); seed %d", result.data.n_counts, n_counts, seed)
+            log.info("prior: %s", describe_prior(result.prior))
+            if result.copies > 1:
+                log.info("symmetry %s about the box centre %s Å: %d components in the asymmetric unit, %d copies, "
+                         "%d in all", result.symmetry, np.round(grid.center_in_angstroms(), 2).tolist(),
+                         result.mixture.n_components // result.copies, result.copies, result.mixture.n_components)
             trace_lp, trace_sigma = result.traces["log_posterior"], result.traces["sigma_in_angstroms"]
             for step in sorted(set(range(0, len(trace_lp), max(1, args.steps // 10))) | {len(trace_lp) - 1}):
                 log.info("step %4d: log-posterior %.6g, sigma %.3f Å", step, trace_lp[step], trace_sigma[step])
@@ -113,8 +146,11 @@ def main(args: argparse.Namespace) -> int:
             summary = summarize(result, volume.data)
             summary.update(seed=seed, algorithm=args.algorithm, map=str(args.map), threshold=args.threshold,
                            voxel_size_in_angstroms=grid.spacing_in_angstroms)
-            write_pseudoatoms_pdb(folder / "pseudoatoms.pdb", result.mixture)
-            write_pseudoatoms_cif(folder / "pseudoatoms.cif", result.mixture)
+            # the box as the unit cell: the pseudo-atoms are in the map's coordinates, whose cell
+            # starts at the map's origin
+            write_pseudoatom_files(folder / "pseudoatoms", result.mixture, copies=result.copies,
+                                   symmetry=result.symmetry,
+                                   cell_in_angstroms=np.array(grid.shape[::-1]) * grid.spacing_in_angstroms)
             write_map(folder / "fitted_map.mrc", result.fitted_map(), grid.spacing_in_angstroms,
                       grid.origin_in_angstroms)
             plot_central_slices(result.fitted_map(), grid.spacing_in_angstroms, folder / "fitted_map_slices.png",
@@ -132,8 +168,10 @@ def main(args: argparse.Namespace) -> int:
                                               "mean_prior": result.prior.mean_prior})
             write_settings(folder, "fit-map", settings, seed)
             log.info("K = %d: sigma %.2f Å, cross-correlation %.4f with the input map (%.4f with its non-negative "
-                     "part), %.1f s", args.components, summary["sigma_in_angstroms"], summary["cross_correlation"],
-                     summary["cross_correlation_non_negative_part"], result.seconds)
+                     "part), %.1f s", result.mixture.n_components, summary["sigma_in_angstroms"],
+                     summary["cross_correlation"], summary["cross_correlation_non_negative_part"], result.seconds)
+            log.info("fitted_map.mrc is scaled to the total of the part that was fitted (%.6g; the input map's "
+                     "total is %.6g)", summary["fitted_map_total"], summary["input_total"])
             log.info("wrote %s", args.output)
     finally:
         close_logging()

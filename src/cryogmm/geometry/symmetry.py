@@ -108,6 +108,12 @@ def _closure(generators: list[np.ndarray]) -> np.ndarray:
     return np.asarray(elements)
 
 
+def asymmetric_unit_components(n_components: int, symmetry: str) -> int:
+    """Components sampled in the asymmetric unit so that the whole model has about `n_components`
+    (K / |G|, at least 4): K counts the pseudo-atoms of the full particle."""
+    return max(4, int(round(n_components / symmetry_operators(symmetry).shape[0])))
+
+
 def symmetry_operators(name: str) -> np.ndarray:
     """Rotation matrices of a point group in RELION's orientation (module docstring).
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from cryogmm.errors import InputError
 from cryogmm.geometry.so3 import mean_rotation
-from cryogmm.geometry.symmetry import canonical_symmetry_name, symmetry_operators
+from cryogmm.geometry.symmetry import asymmetric_unit_components, canonical_symmetry_name, symmetry_operators
 from cryogmm.grid import Grid
 from cryogmm.mixture import GaussianMixture, evaluate
 from cryogmm.preprocess.normalise import negative_part
@@ -160,12 +160,6 @@ def _rng_state(rng: np.random.Generator) -> np.ndarray:
 
 def _set_rng_state(rng: np.random.Generator, value) -> None:
     rng.bit_generator.state = json.loads(str(value))
-
-
-def asymmetric_unit_components(n_components: int, symmetry: str) -> int:
-    """Components sampled in the asymmetric unit so that the whole model has about `n_components`
-    (K / |G|, at least 4): K counts the pseudo-atoms of the full particle."""
-    return max(4, int(round(n_components / symmetry_operators(symmetry).shape[0])))
 
 
 def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCounts,

@@ -5,6 +5,9 @@ The map is discretised to counts (Eqn. 2.52) and fitted as binned data with the 
 (noise, CTF-filtered background, solvent flattening), cannot be counts: they are set to zero
 before discretising, and how much of the map that removed is reported. A positive `threshold`
 also zeroes weak positive values (e.g. solvent noise below the author's contour level).
+
+A point-group symmetry (RELION's axes, as `cryogmm abinitio --symmetry` uses them) is imposed about
+the box centre (voxel n // 2 on each axis): the asymmetric unit is sampled and its copies pooled.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.geometry.symmetry import asymmetric_unit_components, canonical_symmetry_name, symmetry_operators
 from cryogmm.grid import Grid
 from cryogmm.metrics.correlation import cross_correlation
 from cryogmm.mixture import DEFAULT_CUTOFF_SIGMAS, GaussianMixture, evaluate
@@ -55,8 +59,9 @@ def non_negative_part(values: np.ndarray, threshold: float = 0.0) -> NonNegative
 
 @dataclass(frozen=True)
 class FitMapResult:
-    """mixture: the last sample; posterior_mean_map: mean of the kept samples' densities on the
-    grid (1/Å^3); traces: per-step log-posterior and sigma (states 0..n_steps)."""
+    """mixture: the last sample, all symmetric copies (ordered copy by copy, the asymmetric unit
+    first); posterior_mean_map: mean of the kept samples' densities on the grid (1/Å^3); traces:
+    per-step log-posterior and sigma (states 0..n_steps); symmetry: the point group imposed."""
 
     mixture: GaussianMixture
     posterior_mean_map: np.ndarray
@@ -66,9 +71,12 @@ class FitMapResult:
     clipped: NonNegativePart  # the map below the threshold set to zero
     prior: object
     seconds: float
+    symmetry: str = "C1"
+    copies: int = 1
 
     def fitted_map(self) -> np.ndarray:
-        """The posterior mean scaled to the total of the non-negative input (same units)."""
+        """The posterior mean scaled so that its total is that of the part of the map that was
+        fitted (the non-negative part: values below the threshold set to zero), in map units."""
         scale = self.clipped.values.sum() / max(self.posterior_mean_map.sum(), 1e-300)
         return (self.posterior_mean_map * scale).astype(np.float32)
 
@@ -99,16 +107,26 @@ def fit_map(values: np.ndarray, grid: Grid, n_components: int, *, rng: np.random
             algorithm: str = "gibbs", n_counts: int | None = None, n_steps: int = 300,
             burn_in: int | None = None, thin: int = 10, prior_overrides: dict | None = None,
             cutoff_sigmas: float = DEFAULT_CUTOFF_SIGMAS, initial: GaussianMixture | None = None,
-            threshold: float = 0.0, progress: bool = False) -> FitMapResult:
+            threshold: float = 0.0, symmetry: str = "C1", progress: bool = False) -> FitMapResult:
     """Fit `n_components` isotropic Gaussians to the map `values` (array of `grid.shape`).
 
     n_counts defaults to `default_counts(n_components)`; burn_in defaults to two thirds of `n_steps`; every `thin`-th later state enters the posterior
-    mean (section 3.2.2). Raises InputError when the map cannot be fitted as asked.
+    mean (section 3.2.2). With a `symmetry` other than C1, `n_components` counts the whole
+    particle: K / |G| components (at least 4) are sampled in the asymmetric unit (`initial`, if
+    given, is one) and copied about the box centre. Raises InputError when the map cannot be
+    fitted as asked.
     """
+    symmetry = canonical_symmetry_name(symmetry)
+    ops = symmetry_operators(symmetry)
     n_counts = default_counts(n_components) if n_counts is None else n_counts
     clipped, data = prepare_counts(values, grid, n_components, n_counts, threshold)
     prior = default_prior(data, **(prior_overrides or {}))
-    sampler = MixtureFitSampler(data, n_components, prior, algorithm, cutoff_sigmas)
+    if ops.shape[0] > 1:
+        sampler = MixtureFitSampler(data, asymmetric_unit_components(n_components, symmetry), prior, algorithm,
+                                    cutoff_sigmas, symmetry_operators=ops,
+                                    symmetry_center_in_angstroms=grid.center_in_angstroms())
+    else:
+        sampler = MixtureFitSampler(data, n_components, prior, algorithm, cutoff_sigmas)
     state = sampler.init(rng, initial)
     burn_in = (2 * n_steps) // 3 if burn_in is None else burn_in
     accumulated = np.zeros(grid.shape)
@@ -116,7 +134,7 @@ def fit_map(values: np.ndarray, grid: Grid, n_components: int, *, rng: np.random
 
     def accumulate(step, kept_state):
         nonlocal n_kept
-        accumulated[...] += evaluate(kept_state.mixture, grid, cutoff_sigmas)
+        accumulated[...] += evaluate(sampler.full_mixture(kept_state.mixture), grid, cutoff_sigmas)
         n_kept += 1
 
     chain = run_chain(sampler, rng, state, n_steps, burn_in=burn_in, thin=thin, on_sample=accumulate,
@@ -124,9 +142,10 @@ def fit_map(values: np.ndarray, grid: Grid, n_components: int, *, rng: np.random
                       final_info=lambda s: {"log_posterior": sampler.log_posterior(s),
                                             "sigma_in_angstroms": s.mixture.sigma_in_angstroms,
                                             "n_unassigned": 0})
-    final = chain.final_state.mixture
+    final = sampler.full_mixture(chain.final_state.mixture)
     mean_map = accumulated / n_kept if n_kept else evaluate(final, grid, cutoff_sigmas)
-    return FitMapResult(final, mean_map, n_kept, chain.traces, data, clipped, prior, chain.seconds)
+    return FitMapResult(final, mean_map, n_kept, chain.traces, data, clipped, prior, chain.seconds, symmetry,
+                        int(ops.shape[0]))
 
 
 def summarize(result: FitMapResult, values: np.ndarray) -> dict:
@@ -142,5 +161,10 @@ def summarize(result: FitMapResult, values: np.ndarray) -> dict:
         "n_samples_averaged": result.n_samples_averaged,
         "negative_voxels_set_to_zero": result.clipped.n_negative_voxels,
         "negative_fraction_of_mass": result.clipped.negative_fraction_of_mass,
+        # fitted_map.mrc is scaled to the fitted (non-negative) part's total, not the input's
+        "input_total": float(np.sum(values, dtype=np.float64)),
+        "non_negative_part_total": float(result.clipped.values.sum()),
+        "fitted_map_total": float(result.fitted_map().sum(dtype=np.float64)),
+        "symmetry": result.symmetry, "symmetric_copies": result.copies,
         "seconds": result.seconds,
     }

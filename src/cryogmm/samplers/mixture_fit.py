@@ -10,6 +10,10 @@ assignments and the conditionals' modes (section 2.2.2, appendix A). Data are ei
 
 The sampler follows the package's contract: `init(rng) -> state`, `step(rng, state) -> (state,
 info)`, immutable states; `cryogmm.samplers.driver.run_chain` owns the loop.
+
+Symmetry (as in `cryogmm.samplers.projected`, thesis 4.2.2): the state holds the asymmetric unit;
+the data are assigned to all copies c + S_g (mu_k - c), and the statistics of copy g are rotated
+back by S_g^T and pooled onto mu_k.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from cryogmm.kernels import BinnedStatistics, BinnedWorkspace, binned_statistics
 from cryogmm.mixture import (DEFAULT_CUTOFF_SIGMAS, GaussianMixture, MixturePrior, component_log_densities, log_prior,
                              sample_from_prior)
 from cryogmm.samplers.conditionals import em_update, gibbs_update
+from cryogmm.samplers.projected import expand_symmetry
 
 
 @dataclass(frozen=True)
@@ -121,15 +126,31 @@ class MixtureState:
     step: int = 0
 
 
+def pool_symmetric_copies(stats: BinnedStatistics, operators: np.ndarray) -> BinnedStatistics:
+    """Statistics of the G * K copies (g-major) as statistics of the K components of the
+    asymmetric unit: counts and squares summed, offsets rotated back by S_g^T and summed."""
+    g = operators.shape[0]
+    k = stats.n_k.shape[0] // g
+    offsets = (stats.offset_sum.reshape(g, k, -1) @ operators).sum(0)  # rows o^T S_g = (S_g^T o)^T
+    return BinnedStatistics(stats.n_k.reshape(g, k).sum(0), offsets, stats.offset_square_sum.reshape(g, k).sum(0),
+                            stats.log_likelihood, stats.n_unassigned)
+
+
 @dataclass(frozen=True)
 class MixtureFitSampler:
-    """Gibbs sampler (or EM) for an isotropic mixture of `n_components` fitted to `data`."""
+    """Gibbs sampler (or EM) for an isotropic mixture of `n_components` fitted to `data`.
+
+    symmetry_operators : optional (G, 3, 3), identity first: the state is then the asymmetric unit
+    of `n_components` and the model its G copies about `symmetry_center_in_angstroms` (x, y, z).
+    """
 
     data: GridCounts | PointCloud
     n_components: int
     prior: MixturePrior
     algorithm: str = "gibbs"
     cutoff_sigmas: float = DEFAULT_CUTOFF_SIGMAS
+    symmetry_operators: np.ndarray | None = None
+    symmetry_center_in_angstroms: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm not in ("gibbs", "em"):
@@ -138,20 +159,35 @@ class MixtureFitSampler:
             raise ValueError(f"the number of components must be at least 1, got {self.n_components}")
         if self.prior.center_in_angstroms.shape[0] != self.data.ndim:
             raise ValueError("the prior's centre and the data differ in dimension")
+        if self.symmetry_operators is not None:
+            ops = np.asarray(self.symmetry_operators, dtype=np.float64).reshape(-1, 3, 3)
+            if self.data.ndim != 3:
+                raise ValueError("symmetry needs three-dimensional data")
+            object.__setattr__(self, "symmetry_operators", ops)
         # scratch memory for the assignment kernel (not state: nothing survives between steps)
         workspace = BinnedWorkspace(self.data.counts) if isinstance(self.data, GridCounts) else None
         object.__setattr__(self, "_workspace", workspace)
+
+    def full_mixture(self, mixture: GaussianMixture) -> GaussianMixture:
+        """The model the data are fitted with: `mixture` itself, or its symmetric copies."""
+        if self.symmetry_operators is None:
+            return mixture
+        return expand_symmetry(mixture, self.symmetry_operators, self.symmetry_center_in_angstroms)
 
     def init(self, rng: np.random.Generator, mixture: GaussianMixture | None = None) -> MixtureState:
         """Start from `mixture`, or from a draw from the prior (the thesis' initialisation)."""
         return MixtureState(mixture if mixture is not None else sample_from_prior(rng, self.prior, self.n_components))
 
     def statistics(self, mixture: GaussianMixture, rng: np.random.Generator | None) -> BinnedStatistics:
+        """Assignment statistics of the components of `mixture` (pooled over symmetric copies)."""
+        full = self.full_mixture(mixture)
         if isinstance(self.data, GridCounts):
-            return binned_statistics(self.data.counts, self.data.grid, mixture.means_in_angstroms,
-                                     mixture.amplitudes(), mixture.precision_per_square_angstrom,
-                                     rng, self.cutoff_sigmas, self._workspace)
-        return point_cloud_statistics(self.data, mixture, rng)
+            stats = binned_statistics(self.data.counts, self.data.grid, full.means_in_angstroms,
+                                      full.amplitudes(), full.precision_per_square_angstrom,
+                                      rng, self.cutoff_sigmas, self._workspace)
+        else:
+            stats = point_cloud_statistics(self.data, full, rng)
+        return stats if full is mixture else pool_symmetric_copies(stats, self.symmetry_operators)
 
     def log_posterior(self, state: MixtureState) -> float:
         """log p(D | theta) + log p(theta) for the point-cloud reading of the data (Eqn. 2.30)."""

@@ -110,9 +110,12 @@ class ProjectedState:
     step: int = 0
 
 
-def expand_symmetry(mixture: GaussianMixture, operators: np.ndarray) -> GaussianMixture:
-    """The full mixture: means S_g mu_k (ordered g-major), weights w_k / G, same precision."""
-    means = (mixture.means_in_angstroms @ operators.transpose(0, 2, 1)).reshape(-1, 3)  # S_g mu_k
+def expand_symmetry(mixture: GaussianMixture, operators: np.ndarray,
+                    center_in_angstroms: np.ndarray | None = None) -> GaussianMixture:
+    """The full mixture: means c + S_g (mu_k - c) (ordered g-major; c the point the axes pass
+    through, default the origin), weights w_k / G, same precision."""
+    center = np.zeros(3) if center_in_angstroms is None else np.asarray(center_in_angstroms, dtype=np.float64)
+    means = ((mixture.means_in_angstroms - center) @ operators.transpose(0, 2, 1)).reshape(-1, 3) + center
     weights = np.tile(mixture.weights, operators.shape[0]) / operators.shape[0]
     return GaussianMixture(means, weights, mixture.precision_per_square_angstrom)
 

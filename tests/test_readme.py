@@ -49,3 +49,10 @@ def test_readme_abinitio_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert names == [format_image_name(i, "class_averages.mrcs") for i in range(8)]
     printed = capsys.readouterr().out
     assert "masked (auto)" in printed and "centred on the centre of mass" in printed
+
+
+def test_the_thesis_and_the_em_derivation_are_cited_once():
+    text = " ".join(README.read_text().split())
+    assert text.count("Paul Joubert, *A Bayesian approach to initial model inference in cryo-electron microscopy*, "
+                      "Dissertation, Georg-August-Universität Göttingen, 2016") == 1
+    assert text.count('"CryoEM Report 08/08: Derivation of EM algorithm" (8 August 2018)') == 1

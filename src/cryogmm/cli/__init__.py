@@ -33,12 +33,18 @@ COMMANDS = {
 
 EXIT_BAD_INPUT = 2
 
+REFERENCES = (
+    'References: the thesis (cited as "thesis section 3.4", "Eqn. 2.52"): Paul Joubert, A Bayesian approach to '
+    "initial model inference in cryo-electron microscopy, Dissertation, Georg-August-Universität Göttingen, 2016. "
+    'The MAP-EM derivation in the style of RELION: "CryoEM Report 08/08: Derivation of EM algorithm" (2018), '
+    "after S. H. W. Scheres, J. Struct. Biol. 180, 519-530 (2012).")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cryogmm", description="Gaussian-mixture (pseudo-atom) initial models and tools for single-particle "
         "cryo-EM. `cryogmm COMMAND --help` explains a command; `cryogmm demo` runs the whole ab initio pipeline "
-        "on a built-in phantom.")
+        "on a built-in phantom.", epilog=REFERENCES)
     parser.add_argument("--version", action="version", version=f"cryogmm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():

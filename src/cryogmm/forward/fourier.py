@@ -113,18 +113,30 @@ def map_to_fourier(volume: np.ndarray, *, padding_factor: int = DEFAULT_PADDING_
     return FourierVolume(spectrum, n)
 
 
-def spectrum_to_map(spectrum: np.ndarray, box: int, *, correction: str = "projection") -> np.ndarray:
+def spectrum_to_map(spectrum: np.ndarray, box: int, *, correction: str = "projection",
+                    edge_mask_in_pixels: float = 0.0) -> np.ndarray:
     """Back to an `(n, n, n)` float32 map from a padded half spectrum `(m, m, m // 2 + 1)`.
+
+    The padded grid is transformed and its central n^3 voxels kept.
 
     correction : "projection" undoes `map_to_fourier` (multiplies by the apodisation: the exact
         inverse); "insertion" divides by it, the gridding correction of a spectrum made by
         trilinear back-projection.
+    edge_mask_in_pixels : if > 0, the padded map is first multiplied by a soft sphere that falls
+        from 1 at n / 2 - width to 0 at n / 2 (raised cosine): a reconstruction fills the whole
+        padded box with noise and ringing, and cutting that off sharply at the box would spread
+        its strong low frequencies into every shell, the same in both half maps.
     """
     m = spectrum.shape[0]
     n = int(box)
     padded = np.fft.fftshift(np.fft.irfftn(spectrum, s=(m, m, m)))
     start = m // 2 - n // 2
     volume = padded[start:start + n, start:start + n, start:start + n]
+    if edge_mask_in_pixels > 0:
+        c = np.arange(n) - n // 2
+        r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+        fall = np.clip((r - (n / 2 - edge_mask_in_pixels)) / edge_mask_in_pixels, 0.0, 1.0)
+        volume = volume * (0.5 * (1.0 + np.cos(np.pi * fall)))
     a = _apodisation(n, m)
     a3 = a[:, None, None] * a[None, :, None] * a
     if correction == "projection":
@@ -156,7 +168,7 @@ def image_pixels(box: int, max_radius: float, *, include_zero: bool = False,
     radius = np.hypot(gx, gy)
     keep = radius < max_radius
     if not both_halves_of_x0:
-        keep &= (gx > 0) | (gy > 0)
+        keep &= (gx > 0) | (gy > 0) | (radius == 0)
     if not include_zero:
         keep &= radius > 0
     flat = np.flatnonzero(keep.ravel())

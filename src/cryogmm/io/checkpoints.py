@@ -65,3 +65,21 @@ class CheckpointFolder:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def check_resume(checkpoints: CheckpointFolder, output: str | os.PathLike, resume: bool, force: bool) -> None:
+    """Refuse, before any work, a --resume with nothing to resume and a new run over checkpoints."""
+    from cryogmm.io.runs import check_output_dir
+
+    output = Path(output)
+    if resume and not checkpoints.exists():
+        if output.is_dir():
+            raise InputError(f"--resume: {output} is a finished run (no checkpoints of an interrupted run in "
+                             f"{checkpoints.path}); nothing to resume: choose another --output, or pass --force "
+                             "instead of --resume to run it again")
+        raise InputError(f"--resume: no checkpoint of an interrupted run in {checkpoints.path}; run without --resume")
+    if not resume:
+        check_output_dir(output, force)
+        if checkpoints.exists() and not force:
+            raise InputError(f"--output {output}: an interrupted run left checkpoints in {checkpoints.path}; "
+                             "pass --resume to continue it or --force to start over")

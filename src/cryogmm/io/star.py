@@ -555,3 +555,30 @@ def read_cryosparc(path: str | os.PathLike) -> ParticleTable:
     sizes = _pixel_sizes(particles)
     pixel_size = float(sizes[0]) if sizes is not None and sizes.size == 1 else None
     return ParticleTable(particles, None, pixel_size, path)
+
+
+def write_refined_particles(path: str | os.PathLike, table: ParticleTable, matrices: np.ndarray,
+                            shifts_in_angstroms: np.ndarray, extra: dict | None = None) -> None:
+    """The input particles with new poses (RELION 3.1 layout, the input's optics block kept).
+
+    Pose columns (`poses_to_columns`) and `extra` columns replace those of the input; every other
+    column of the input is kept; the optics columns merged into the rows on reading go back to the
+    optics block (a single-block input gets one from `write_particles`'s rules).
+    """
+    particles = table.particles.copy()
+    for name in ("rlnOriginX", "rlnOriginY"):  # pre-3.1 pixel origins would contradict the new ones
+        if name in particles.columns:
+            particles = particles.drop(columns=name)
+    columns = poses_to_columns(matrices, shifts_in_angstroms)
+    columns.update(extra or {})
+    for name, values in columns.items():
+        particles[name] = np.asarray(values)
+    if table.optics is None:
+        optics = {}
+        if table.pixel_size_in_angstroms is not None:
+            optics["pixel_size_in_angstroms"] = table.pixel_size_in_angstroms
+        write_particles(path, particles, optics)
+        return
+    merged = [c for c in table.optics.columns if c != "rlnOpticsGroup" and c in particles.columns]
+    with atomic_output(path) as tmp:
+        starfile.write({"optics": table.optics, "particles": particles.drop(columns=merged)}, tmp)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -300,7 +300,7 @@ def _local_candidates(task: BatchTask):
 
 def run_batch(task: BatchTask) -> BatchResult:
     """E-step and M-step sums of one batch of particles against one half map."""
-    pixels = image_pixels(task.particles.box, task.radius_in_pixels)
+    pixels = image_pixels(task.particles.box, task.radius_in_pixels, include_zero=True)
     batch = load_batch(task.particles, task.rows, pixels, task.mask, task.settings.polarity)
     from cryogmm.forward.fourier import FourierVolume
 
@@ -406,8 +406,13 @@ def _fsc_of(half_maps: np.ndarray, pixel: float, radius_in_pixels: float):
 
 
 def _reconstruct_halves(accumulators: list[em.Accumulators], operators, settings: RefineSettings, box: int,
-                        radius: float, mask: np.ndarray, pixel: float):
-    """MAP half maps with tau^2 from the FSC of their unregularised versions; also returns the FSC."""
+                        radius: float, pixel: float):
+    """Both half sets' maps: the plain ones (data / weights), their FSC, tau^2 from it and the MAP maps.
+
+    The FSC (resolution, tau^2) is that of the plain maps: in the MAP maps, shells where tau^2 is
+    near zero hold almost nothing but what the real-space crop spreads from lower frequencies,
+    the same in both halves, so their FSC would read it as signal.
+    """
     pad = settings.padding_factor
     n_shells = box // 2 + 1
     sym = [em.symmetrised(a, operators, radius, pad) for a in accumulators]
@@ -417,8 +422,29 @@ def _reconstruct_halves(accumulators: list[em.Accumulators], operators, settings
     shells = em.padded_shells(box, pad)
     tau2 = np.stack([em.tau2_from_fsc(fsc.correlation, em.mean_weight_per_shell(w, shells, n_shells), pad,
                                       settings.tau2_fudge) for _, w in sym])
-    maps = np.stack([em.reconstruct(d, w, box, pad, radius, tau2=t) for (d, w), t in zip(sym, tau2)])
-    return maps, tau2, _fsc_of(maps, pixel, radius), sym
+    maps = np.stack([band_limit(em.reconstruct(d, w, box, pad, radius, tau2=t), radius) for (d, w), t in zip(sym, tau2)])
+    return HalfMaps(plain, maps, tau2, fsc)
+
+
+@dataclass(frozen=True, eq=False)
+class HalfMaps:
+    plain: np.ndarray  # (2, n, n, n) data / weights
+    regularised: np.ndarray  # (2, n, n, n) MAP (Eqn. 14 with tau^2)
+    tau2: np.ndarray  # (2, n_shells)
+    fsc: object  # FSCCurve of the plain maps
+
+
+def band_limit(volume: np.ndarray, radius_in_pixels: float) -> np.ndarray:
+    """Zero the map's Fourier coefficients at or beyond `radius_in_pixels` (where no data went in).
+
+    The gridding correction and the crop from the padded grid spread some of the lower frequencies
+    there, the same in both half maps; left in, that would read as signal in their FSC.
+    """
+    n = volume.shape[0]
+    f = np.fft.fftfreq(n) * n
+    h = np.arange(n // 2 + 1)
+    r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + h[None, None, :] ** 2)
+    return np.fft.irfftn(np.fft.rfftn(volume) * (r < radius_in_pixels), s=volume.shape).astype(np.float32)
 
 
 def _radius_of(fsc, threshold: float = 0.143) -> float:
@@ -478,8 +504,11 @@ def _max_radius(box: int, settings: RefineSettings) -> float:
 
 
 def iterate(particles: ParticleData, state: RefineState, settings: RefineSettings, *, executor=None,
-            progress: bool = False) -> tuple[RefineState, list[em.Accumulators]]:
-    """One EM iteration of both half sets; returns the new state and the half sets' accumulators."""
+            progress: bool = False, final: bool = False) -> tuple[RefineState, list[em.Accumulators]]:
+    """One EM iteration of both half sets; returns the new state and the half sets' accumulators.
+
+    final : the last iteration (to Nyquist): the schedule is not advanced.
+    """
     start = time.perf_counter()
     n = particles.box
     pixel = particles.pixel_size_in_angstroms
@@ -518,7 +547,8 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
     noise_count = accumulators[0].noise_count + accumulators[1].noise_count
     reached = noise_count > 0
     noise[reached] = np.maximum(noise_sum[reached] / noise_count[reached], 1e-30)
-    maps, tau2, fsc, _ = _reconstruct_halves(accumulators, operators, settings, n, radius, mask3, pixel)
+    halves = _reconstruct_halves(accumulators, operators, settings, n, radius, pixel)
+    maps, tau2, fsc = halves.regularised, halves.tau2, halves.fsc
     r143 = _radius_of(fsc)
     resolution = resolution_at(fsc, 0.143)
     angle_change = rotation_angle_in_degrees(rotations, state.rotations) if state.iteration > 0 else None
@@ -555,6 +585,9 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
             converged = True
         else:
             stage_index += 1
+    if final:
+        stage_index, converged = state.stage_index, True
+    record["final"] = final
     record["next_stage_index"] = stage_index
     record["converged"] = converged
     new_radius = min(max(r143 + settings.resolution_margin_in_pixels, radius if not improved else 0.0),
@@ -573,17 +606,18 @@ def join_halves(accumulators: list[em.Accumulators], settings: RefineSettings, s
     """The final map from both halves' sums, tau^2 from the full set's FSC 2 FSC / (1 + FSC)."""
     pad = settings.padding_factor
     operators = symmetry_operators(settings.symmetry)
-    radius = state.radius_in_pixels
+    radius = state.history[-1]["e_step_radius_in_pixels"]  # what the last E-step reached
     total = em.Accumulators.empty(box, pad, box // 2 + 1)
     for a in accumulators:
         total.add(a)
-    maps, _, fsc, _ = _reconstruct_halves(accumulators, operators, settings, box, radius, mask, pixel)
+    halves = _reconstruct_halves(accumulators, operators, settings, box, radius, pixel)
+    maps, fsc = halves.plain, halves.fsc
     data, weights = em.symmetrised(total, operators, radius, pad)
     full = np.clip(fsc.correlation, 0, 0.999)
     full = 2 * full / (1 + full)
     tau2 = em.tau2_from_fsc(full, em.mean_weight_per_shell(weights, em.padded_shells(box, pad), box // 2 + 1), pad,
                             settings.tau2_fudge)
-    return em.reconstruct(data, weights, box, pad, radius, tau2=tau2), maps, fsc
+    return band_limit(em.reconstruct(data, weights, box, pad, radius, tau2=tau2), radius), maps, fsc
 
 
 def refine(particles: ParticleData, reference: np.ndarray, settings: RefineSettings, *, seed: int,
@@ -612,17 +646,18 @@ def refine(particles: ParticleData, reference: np.ndarray, settings: RefineSetti
     if state is None:
         state = initial_state(particles, reference, settings, np.random.default_rng(seed))
         timings["setup"] = time.perf_counter() - start
-    accumulators = None
     while not state.converged and state.iteration < settings.max_iterations:
-        state, accumulators = iterate(particles, state, settings, executor=executor, progress=progress)
+        state, _ = iterate(particles, state, settings, executor=executor, progress=progress)
         if on_iteration is not None:
             on_iteration(state.history[-1])
         if checkpoint is not None:
             checkpoint(state)
-    if accumulators is None:  # resumed after the last iteration: one more E-step to rebuild the sums
-        state, accumulators = iterate(particles, state, settings, executor=executor, progress=progress)
-        if on_iteration is not None:
-            on_iteration(state.history[-1])
+    # the last iteration, as RELION's: the E-step with all data up to Nyquist, so that the half maps'
+    # FSC and its masked, phase-randomised version see signal and noise at every frequency
+    last = replace(state, radius_in_pixels=_max_radius(n, settings), converged=True)
+    state, accumulators = iterate(particles, last, settings, executor=executor, progress=progress, final=True)
+    if on_iteration is not None:
+        on_iteration(state.history[-1])
     t = time.perf_counter()
     mask3 = sphere_mask(n, _diameter_px(settings, particles) / 2)
     final, halves, fsc = join_halves(accumulators, settings, state, n, particles.pixel_size_in_angstroms, mask3)
@@ -644,3 +679,26 @@ class ImagesInMemory:
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.images[np.asarray(rows)], dtype=np.float32)
+
+
+_STATE_ARRAYS = ("half", "rotations", "shifts_in_pixels", "max_posterior", "n_significant", "noise_power",
+                 "references", "tau2")
+
+
+def state_to_arrays(state: RefineState) -> dict:
+    """The state as a dict of arrays (for an `.npz` checkpoint); `state_from_arrays` inverts it."""
+    import json
+
+    arrays = {name: getattr(state, name) for name in _STATE_ARRAYS}
+    scalars = {"iteration": state.iteration, "radius_in_pixels": state.radius_in_pixels,
+               "stage_index": state.stage_index, "best_radius_in_pixels": state.best_radius_in_pixels,
+               "converged": state.converged, "history": state.history}
+    arrays["scalars_json"] = np.array(json.dumps(scalars))
+    return arrays
+
+
+def state_from_arrays(arrays: dict) -> RefineState:
+    import json
+
+    scalars = json.loads(str(arrays["scalars_json"]))
+    return RefineState(**{name: np.asarray(arrays[name]) for name in _STATE_ARRAYS}, **scalars)

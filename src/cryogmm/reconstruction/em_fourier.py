@@ -39,6 +39,7 @@ from cryogmm.kernels.em_fourier import backproject_candidates, score_candidates
 from cryogmm.kernels.fourier_slices import symmetrise_volume, symmetrise_x0_plane
 
 DEFAULT_SIGNIFICANT_FRACTION = 0.999
+EDGE_MASK_IN_PIXELS = 3.0  # soft edge at the box's border (see forward.fourier.spectrum_to_map)
 NEGLIGIBLE_LOG_RATIO = 14.0  # exp(-14) ~ 1e-6 per entry, relative to the row's maximum
 
 
@@ -276,7 +277,8 @@ def tau2_from_fsc(fsc: np.ndarray, mean_weight: np.ndarray, padding_factor: int,
 
 
 def reconstruct(data: np.ndarray, weights: np.ndarray, box: int, padding_factor: int, max_radius_in_pixels: float,
-                *, tau2: np.ndarray | None = None, wiener_constant: float = 0.0) -> np.ndarray:
+                *, tau2: np.ndarray | None = None, wiener_constant: float = 0.0,
+                edge_mask_in_pixels: float = EDGE_MASK_IN_PIXELS) -> np.ndarray:
     """The map (n, n, n) float32 of Eqn. 14 from symmetrised accumulators.
 
     tau2 : (n_shells,) signal power per shell (the prior 1/tau^2 is added to the weights; shells
@@ -297,4 +299,4 @@ def reconstruct(data: np.ndarray, weights: np.ndarray, box: int, padding_factor:
     inside &= denominator > 0
     spectrum = np.zeros_like(data)
     spectrum[inside] = data[inside] / denominator[inside]
-    return spectrum_to_map(spectrum, box, correction="insertion")
+    return spectrum_to_map(spectrum, box, correction="insertion", edge_mask_in_pixels=edge_mask_in_pixels)

@@ -23,10 +23,11 @@ def _resolution_axis(ax, squared: bool = False) -> None:
     top.set_xlabel("resolution (Å)")
 
 
-def plot_postprocess(masked_fsc: MaskedFSC, guinier: GuinierFit, path: str | os.PathLike) -> None:
+def plot_postprocess(masked_fsc: MaskedFSC, guinier: GuinierFit | None, path: str | os.PathLike) -> None:
     """Two panels, written as a PNG atomically: the FSC curves of `masked_fsc` (unmasked, masked,
     phase-randomised, corrected) with the 0.143 and 0.5 levels and the resolution, and the Guinier
-    plot (ln of the shell-averaged amplitude against 1/d^2) with the fitted line and its B."""
+    plot (ln of the shell-averaged amplitude against 1/d^2) with the fitted line and its B (or a
+    note that there is none, for `guinier` None)."""
     fig = Figure(figsize=(11.0, 4.4), layout="constrained")
     ax_fsc, ax_guinier = fig.subplots(1, 2)
     curves = {"unmasked": masked_fsc.unmasked, "masked": masked_fsc.masked,
@@ -54,20 +55,25 @@ def plot_postprocess(masked_fsc: MaskedFSC, guinier: GuinierFit, path: str | os.
     ax_fsc.grid(alpha=0.3)
     _resolution_axis(ax_fsc)
 
-    k2, log_amplitude, used = guinier.squared_frequency_per_angstrom2, guinier.log_amplitude, guinier.used
-    ax_guinier.plot(k2, log_amplitude, color="0.4", lw=1.0, label="map")
-    ax_guinier.plot(k2[used], log_amplitude[used], "o", color="C0", ms=3,
-                    label=f"fitted, {guinier.fit_from_angstroms:.3g} to {guinier.fit_to_angstroms:.3g} Å")
-    line = np.array([0.0, float(k2.max())])
-    ax_guinier.plot(line, guinier.intercept - 0.25 * guinier.bfactor_in_angstroms2 * line, color="C3", lw=1.2,
-                    label=f"B = {guinier.bfactor_in_angstroms2:.1f} Å²")
-    ax_guinier.set_xlim(0.0, float(k2.max()))
-    ax_guinier.set_xlabel("1/d² (1/Å²)")
-    ax_guinier.set_ylabel("ln(shell-averaged amplitude)")
-    ax_guinier.set_title(f"Guinier plot: B = {guinier.bfactor_in_angstroms2:.1f} Å²", fontsize=10)
-    ax_guinier.legend(loc="upper right", fontsize=8, frameon=False)
-    ax_guinier.grid(alpha=0.3)
-    _resolution_axis(ax_guinier, squared=True)
+    if guinier is None:  # no fit: the resolution does not reach the Guinier region (10 Å)
+        ax_guinier.text(0.5, 0.5, "no B-factor fit:\nthe resolution is worse than 10 Å", ha="center",
+                        va="center", transform=ax_guinier.transAxes)
+        ax_guinier.set_axis_off()
+    else:
+        k2, log_amplitude, used = guinier.squared_frequency_per_angstrom2, guinier.log_amplitude, guinier.used
+        ax_guinier.plot(k2, log_amplitude, color="0.4", lw=1.0, label="map")
+        ax_guinier.plot(k2[used], log_amplitude[used], "o", color="C0", ms=3,
+                        label=f"fitted, {guinier.fit_from_angstroms:.3g} to {guinier.fit_to_angstroms:.3g} Å")
+        line = np.array([0.0, float(k2.max())])
+        ax_guinier.plot(line, guinier.intercept - 0.25 * guinier.bfactor_in_angstroms2 * line, color="C3", lw=1.2,
+                        label=f"B = {guinier.bfactor_in_angstroms2:.1f} Å²")
+        ax_guinier.set_xlim(0.0, float(k2.max()))
+        ax_guinier.set_xlabel("1/d² (1/Å²)")
+        ax_guinier.set_ylabel("ln(shell-averaged amplitude)")
+        ax_guinier.set_title(f"Guinier plot: B = {guinier.bfactor_in_angstroms2:.1f} Å²", fontsize=10)
+        ax_guinier.legend(loc="upper right", fontsize=8, frameon=False)
+        ax_guinier.grid(alpha=0.3)
+        _resolution_axis(ax_guinier, squared=True)
     FigureCanvasAgg(fig)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

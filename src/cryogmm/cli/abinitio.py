@@ -147,9 +147,9 @@ def _dask_map(address: str):
 def main(args: argparse.Namespace) -> int:
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.geometry.symmetry import canonical_symmetry_name
-    from cryogmm.io.checkpoints import CheckpointFolder, checkpoint_dir_for
+    from cryogmm.io.checkpoints import CheckpointFolder, check_resume, checkpoint_dir_for
     from cryogmm.io.images import read_input_images
-    from cryogmm.io.runs import RunFolder, check_output_dir
+    from cryogmm.io.runs import RunFolder
     from cryogmm.pipelines.abinitio import refuse_negative_images, run_abinitio, settings_dict
     from cryogmm.preprocess.normalise import clip_negatives, negative_part
 
@@ -160,17 +160,7 @@ def main(args: argparse.Namespace) -> int:
         if args.prepare and args.clip_negatives:
             raise InputError("--prepare and --clip-negatives: choose one (--prepare masks and centres as well)")
         checkpoints = CheckpointFolder(checkpoint_dir_for(args.output))
-        if args.resume and not checkpoints.exists():  # before the (slow) preparation
-            if args.output.is_dir():
-                raise InputError(f"--resume: {args.output} is a finished run (no checkpoints of an interrupted run in "
-                                 f"{checkpoints.path}); nothing to resume: choose another --output, or pass --force "
-                                 "instead of --resume to run it again")
-            raise InputError(f"--resume: no checkpoint of an interrupted run in {checkpoints.path}; run without --resume")
-        if not args.resume:
-            check_output_dir(args.output, args.force)
-            if checkpoints.exists() and not args.force:
-                raise InputError(f"--output {args.output}: an interrupted run left checkpoints in {checkpoints.path}; "
-                                 "pass --resume to continue it or --force to start over")
+        check_resume(checkpoints, args.output, args.resume, args.force)  # before the (slow) preparation
         run = RunFolder(args.output, force=args.force or args.resume)
         prepared = prepare_input(args.images, args.pixel_size) if args.prepare else None
         data = prepared.data if prepared else read_input_images(args.images, args.pixel_size)

@@ -28,11 +28,6 @@ BOX, PIXEL, SIGMA = 32, 3.0, 4.0  # Å; the mixture's means lie within 22 Å of 
 N_IMAGES = 8
 TOL = tolerance(np.float32)
 
-# spectrum_to_map calls np.fft.irfftn(spectrum, s=(m, m, m)) without `axes`, deprecated in NumPy 2.0
-# (test_spectrum_to_map_emits_no_numpy_deprecation_warning, strict xfail); the tests of what it
-# computes ignore that one warning
-IRFFTN_AXES_WARNING = "ignore:`axes` should not be `None` if `s` is not `None`:DeprecationWarning"
-NUMPY_2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
 
 
 def random_mixture(rng: np.random.Generator, n_components: int = 20, radius_in_angstroms: float = 22.0,
@@ -70,7 +65,6 @@ def problem():
                 exact=exact_projections(mixture, rotations, shifts))
 
 
-@pytest.mark.filterwarnings(IRFFTN_AXES_WARNING)
 @pytest.mark.parametrize("box, padding_factor", [(24, 2), (25, 2), (15, 3), (16, 1)])
 def test_map_to_fourier_round_trip(box, padding_factor):
     volume = np.random.default_rng(box).standard_normal((box, box, box)).astype(np.float32)
@@ -85,17 +79,14 @@ def test_map_to_fourier_round_trip(box, padding_factor):
     np.testing.assert_allclose(back, volume, rtol=0, atol=TOL * np.abs(volume).max())
 
 
-@pytest.mark.xfail(NUMPY_2, strict=True, reason="bug: spectrum_to_map calls np.fft.irfftn(spectrum, s=(m, m, m)) "
-                   "without axes=(0, 1, 2): DeprecationWarning on NumPy >= 2.0 (an error where warnings are "
-                   "errors; a later NumPy will change the meaning of s)")
 def test_spectrum_to_map_emits_no_numpy_deprecation_warning():
+    """np.fft.irfftn with `s` and no `axes` is deprecated in NumPy 2 (a later NumPy changes what `s` means)."""
     volume = np.random.default_rng(3).standard_normal((8, 8, 8))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fourier_to_map(map_to_fourier(volume))
 
 
-@pytest.mark.filterwarnings(IRFFTN_AXES_WARNING)
 def test_gridding_correction_is_the_trilinear_kernel():
     """The spectrum is that of the map divided by the trilinear kernel's transform, sinc^2(x / m) per axis.
 
@@ -233,7 +224,6 @@ def test_shift_phases_move_the_image_by_plus_t():
                                    rtol=0, atol=TOL * np.abs(image_coefficients(image, pixels)).max())
 
 
-@pytest.mark.filterwarnings(IRFFTN_AXES_WARNING)
 def test_input_validation(problem):
     with pytest.raises(InputError, match="cubic"):
         map_to_fourier(np.zeros((8, 8, 6)))

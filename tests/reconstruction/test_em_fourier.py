@@ -28,9 +28,6 @@ from forward.test_fourier import exact_projections, random_mixture
 from kernels.test_em_fourier import add_noise, ctf_at, phases
 
 PIXEL = 3.0
-# reconstruct -> spectrum_to_map calls np.fft.irfftn(..., s=...) without axes (NumPy 2 DeprecationWarning;
-# the strict xfail in tests/forward/test_fourier.py); the tests of what they compute ignore that warning
-IRFFTN_AXES_WARNING = "ignore:`axes` should not be `None` if `s` is not `None`:DeprecationWarning"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +223,6 @@ def _backproject_known_poses(p, rotations, n_workers=None):
     return accumulators, fourier.max_image_radius
 
 
-@pytest.mark.filterwarnings(IRFFTN_AXES_WARNING)
 def test_backprojection_of_exact_projections_reconstructs_the_map(projections):
     """Acceptance: FSC 0.5 with the true map at >= 0.9 x Nyquist (resolution <= 6.67 Å at 3 Å voxels)."""
     p = projections
@@ -306,7 +302,6 @@ def slice_accumulators():
     return dict(box=box, mixture=mixture, accumulators=accumulators, radius=fourier.max_image_radius)
 
 
-@pytest.mark.filterwarnings(IRFFTN_AXES_WARNING)
 @pytest.mark.parametrize("group", ["C2", "C4", "D2"])
 def test_symmetrised_accumulators_give_the_average_of_the_symmetric_copies(slice_accumulators, group):
     s = slice_accumulators
@@ -377,7 +372,6 @@ def test_tau2_from_fsc_hand_values():
     np.testing.assert_allclose(em.tau2_from_fsc(fsc[2:4], [1.0, 1.0], 1), [1.0, 0.25], rtol=1e-12)
 
 
-@pytest.mark.filterwarnings(IRFFTN_AXES_WARNING)
 def test_reconstruct_with_tau2_is_eqn_14():
     """The spectrum is data / (weights + 1 / tau^2[shell]) inside the radius, zero where tau^2 = 0.
 

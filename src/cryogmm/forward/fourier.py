@@ -129,7 +129,7 @@ def spectrum_to_map(spectrum: np.ndarray, box: int, *, correction: str = "projec
     """
     m = spectrum.shape[0]
     n = int(box)
-    padded = np.fft.fftshift(np.fft.irfftn(spectrum, s=(m, m, m)))
+    padded = np.fft.fftshift(np.fft.irfftn(spectrum, s=(m, m, m), axes=(0, 1, 2)))
     start = m // 2 - n // 2
     volume = padded[start:start + n, start:start + n, start:start + n]
     if edge_mask_in_pixels > 0:

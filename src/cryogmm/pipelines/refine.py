@@ -185,7 +185,7 @@ def lowpass_map(volume: np.ndarray, voxel_size_in_angstroms: float, resolution_i
     h = np.arange(n // 2 + 1)
     r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + h[None, None, :] ** 2)
     filt = soft_edge(r - radius, width_in_pixels)
-    return np.fft.irfftn(np.fft.rfftn(volume) * filt, s=volume.shape).astype(np.float32)
+    return np.fft.irfftn(np.fft.rfftn(volume) * filt, s=volume.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
 def translation_grid(range_in_pixels: float, step_in_pixels: float) -> np.ndarray:
@@ -444,7 +444,7 @@ def band_limit(volume: np.ndarray, radius_in_pixels: float) -> np.ndarray:
     f = np.fft.fftfreq(n) * n
     h = np.arange(n // 2 + 1)
     r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + h[None, None, :] ** 2)
-    return np.fft.irfftn(np.fft.rfftn(volume) * (r < radius_in_pixels), s=volume.shape).astype(np.float32)
+    return np.fft.irfftn(np.fft.rfftn(volume) * (r < radius_in_pixels), s=volume.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
 def _radius_of(fsc, threshold: float = 0.143) -> float:
@@ -489,8 +489,8 @@ def initial_state(particles: ParticleData, reference: np.ndarray, settings: Refi
 
 
 def needed_step_in_degrees(resolution_in_angstroms: float, diameter_in_angstroms: float) -> float:
-    """The angular step at which the particle's edge moves by half the resolution."""
-    return float(np.degrees(resolution_in_angstroms / diameter_in_angstroms))
+    """The angular step at which the particle's edge moves by a quarter of the resolution."""
+    return float(np.degrees(resolution_in_angstroms / (2.0 * diameter_in_angstroms)))
 
 
 def _diameter_px(settings: RefineSettings, particles: ParticleData) -> float:
@@ -569,7 +569,7 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
         "seconds": time.perf_counter() - start,
     }
     # schedule: a finer stage once the step is coarser than the current resolution needs (the arc it
-    # moves the particle's edge by exceeds half the resolution) or the resolution stops improving
+    # moves the particle's edge by exceeds a quarter of the resolution) or the resolution stops improving
     # with settled poses; the run ends when a stage fine enough has settled without improvement
     improved = r143 > state.best_radius_in_pixels + 0.5
     settled = angle_change is None or np.median(angle_change) <= stage.step_in_degrees

@@ -51,7 +51,7 @@ def resample_map(volume: np.ndarray, voxel_size_in_angstroms: float, new_voxel_s
         f = np.fft.fftfreq(n)
         h = np.fft.rfftfreq(n)
         radius = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + h[None, None, :] ** 2)
-        volume = np.fft.irfftn(np.fft.rfftn(volume) * (radius <= 0.5 / ratio), s=volume.shape)
+        volume = np.fft.irfftn(np.fft.rfftn(volume) * (radius <= 0.5 / ratio), s=volume.shape, axes=(0, 1, 2))
     axis = (np.arange(new_box) - new_box // 2) * ratio + n // 2
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
     out = map_coordinates(volume, np.stack([z, y, x]), order=3, mode="constant", cval=0.0)

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.pipelines.abinitio import _end_workers, _init_worker
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,6 @@ def _executor(args: argparse.Namespace):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from cryogmm.pipelines.abinitio import _init_worker
 
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         return ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
@@ -234,14 +234,25 @@ def main(args: argparse.Namespace) -> int:
             progress = not args.quiet and sys.stderr.isatty()
             if state is None:
                 state = rf.initial_state(data, reference, settings, np.random.default_rng(seed), half=half)
-            result = rf.refine(data, reference, settings, seed=seed, executor=executor, progress=progress,
-                               state=state, checkpoint=save, on_iteration=on_iteration)
+            try:
+                result = rf.refine(data, reference, settings, seed=seed, executor=executor, progress=progress,
+                                   state=state, checkpoint=save, on_iteration=on_iteration)
+            except KeyboardInterrupt:
+                if executor is not None and not hasattr(executor, "gather"):
+                    _end_workers(executor)  # a process pool: end the workers now, not after their batches
+                done = checkpoints.load("state")
+                where = f"after iteration {int(rf.state_from_arrays(done).iteration)}" if done else "before iteration 1"
+                raise KeyboardInterrupt(f"the checkpoints in {checkpoints.path} ({where}) are kept: run the same "
+                                        "command with --resume to continue") from None
             write_outputs(folder, args, table, result, settings, pixel, seed, record)
             log.info("wrote %s", args.output)
         checkpoints.remove()
     finally:
         if executor is not None:
-            (executor.close if hasattr(executor, "gather") else executor.shutdown)()
+            if hasattr(executor, "gather"):
+                executor.close()
+            else:
+                executor.shutdown(wait=False, cancel_futures=True)
         close_logging()
     return 0
 

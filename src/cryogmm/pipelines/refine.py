@@ -488,9 +488,10 @@ def initial_state(particles: ParticleData, reference: np.ndarray, settings: Refi
                        best_radius_in_pixels=0.0, history=[])
 
 
-def needed_step_in_degrees(resolution_in_angstroms: float, diameter_in_angstroms: float) -> float:
-    """The angular step at which the particle's edge moves by a quarter of the resolution."""
-    return float(np.degrees(resolution_in_angstroms / (2.0 * diameter_in_angstroms)))
+def needed_step_in_degrees(resolution_in_angstroms: float, diameter_in_angstroms: float,
+                           fraction: float) -> float:
+    """The angular step that moves the particle's edge by `fraction` of the resolution."""
+    return float(np.degrees(2.0 * fraction * resolution_in_angstroms / diameter_in_angstroms))
 
 
 def _diameter_px(settings: RefineSettings, particles: ParticleData) -> float:
@@ -568,20 +569,19 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
         "sum_log_likelihood": float(log_likelihood.sum()),
         "seconds": time.perf_counter() - start,
     }
-    # schedule: a finer stage once the step is coarser than the current resolution needs (the arc it
-    # moves the particle's edge by exceeds a quarter of the resolution) or the resolution stops improving
-    # with settled poses; the run ends when a stage fine enough has settled without improvement
+    # schedule: a finer stage once the step moves the particle's edge by more than half the
+    # resolution, or when the resolution stops improving with settled poses; the run ends when a
+    # stage that moves the edge by at most a quarter of the resolution stops improving
     improved = r143 > state.best_radius_in_pixels + 0.5
     settled = angle_change is None or np.median(angle_change) <= stage.step_in_degrees
     stage_index, converged = state.stage_index, False
     res_now = resolution if resolution is not None else 2 * pixel
-    needed_step = needed_step_in_degrees(res_now, _diameter_px(settings, particles) * pixel)
-    fine_enough = stage.step_in_degrees <= needed_step
+    diameter = _diameter_px(settings, particles) * pixel
     last_stage = stage_index + 1 >= len(schedule)
-    if not fine_enough and not last_stage:
+    if stage.step_in_degrees > needed_step_in_degrees(res_now, diameter, 0.5) and not last_stage:
         stage_index += 1
     elif not improved and settled and state.iteration > 0:
-        if fine_enough or last_stage:
+        if stage.step_in_degrees <= needed_step_in_degrees(res_now, diameter, 0.25) or last_stage:
             converged = True
         else:
             stage_index += 1

@@ -48,7 +48,6 @@ from pathlib import Path
 import numpy as np
 
 from cryogmm.errors import InputError
-from cryogmm.pipelines.abinitio import _end_workers, _init_worker
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +154,8 @@ def _executor(args: argparse.Namespace):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        from cryogmm.pipelines.abinitio import _init_worker
+
 
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         return ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
@@ -239,6 +240,8 @@ def main(args: argparse.Namespace) -> int:
                                    state=state, checkpoint=save, on_iteration=on_iteration)
             except KeyboardInterrupt:
                 if executor is not None and not hasattr(executor, "gather"):
+                    from cryogmm.pipelines.abinitio import _end_workers
+
                     _end_workers(executor)  # a process pool: end the workers now, not after their batches
                 done = checkpoints.load("state")
                 where = f"after iteration {int(rf.state_from_arrays(done).iteration)}" if done else "before iteration 1"

@@ -125,9 +125,11 @@ def _backproject(p, posterior, reference_spectrum, n_workers=2):
     data, weights = np.zeros((n_workers,) + shape, np.complex128), np.zeros((n_workers,) + shape)
     noise_sum, noise_count = np.zeros((n_workers, N_SHELLS)), np.zeros((n_workers, N_SHELLS))
     px = p["pixels"]
-    backproject_candidates(data, weights, noise_sum, noise_count, reference_spectrum, float(PAD), px.fx, px.fy,
+    residual = np.zeros(p["coefficients"].shape[0])
+    backproject_candidates(data, weights, noise_sum, noise_count, residual, reference_spectrum, float(PAD), px.fx, px.fy,
                            px.shell, p["coefficients"], p["ctf"], p["inv_s"], p["rotations"], p["n_rotations"],
                            p["shifts"], p["n_shifts"], posterior.astype(np.float32), BOX)
+    _backproject.residual = residual
     return data.sum(0), weights.sum(0), noise_sum.sum(0), noise_count.sum(0)
 
 
@@ -224,3 +226,23 @@ def test_backproject_candidates_noise_power_of_white_noise():
     # 3.5% (shell 1, 4 pixels) to 1.6%; measured ratios 0.977 to 1.015, at most 0.98 standard errors
     standard_error = 1.0 / np.sqrt(b * per_shell[used])
     assert np.all(np.abs(ratio - 1.0) < 4.5 * standard_error)
+
+
+def test_backproject_candidates_particle_residuals_measure_each_particles_noise():
+    """Pure noise, half the particles with twice the standard deviation, shell model n^2 sigma^2:
+    the residual power of each particle over the model is about 1 and 4 (the noise scale)."""
+    rng = np.random.default_rng(4)
+    b, sigma = 40, 0.5
+    scale = np.where(np.arange(b) % 2 == 0, 1.0, 2.0)
+    images = sigma * scale[:, None, None] * rng.standard_normal((b, BOX, BOX))
+    pixels = image_pixels(BOX, RADIUS)
+    p = dict(pixels=pixels, coefficients=image_coefficients(images, pixels), ctf=np.ones((b, len(pixels)), np.float32),
+             inv_s=np.full(len(pixels), 1.0 / (BOX**2 * sigma**2), np.float32),
+             rotations=random_rotations(rng, b)[:, None], n_rotations=np.ones(b, np.int64),
+             shifts=np.zeros((b, 1, 2)), n_shifts=np.ones(b, np.int64))
+    _backproject(p, np.ones((b, 1, 1)), np.zeros((M, M, M // 2 + 1), np.complex64))
+    ratio = _backproject.residual / len(pixels)
+    # a mean of S = len(pixels) exponentials: relative standard error 1 / sqrt(S)
+    error = 1.0 / np.sqrt(len(pixels))
+    assert np.all(np.abs(ratio / scale**2 - 1.0) < 5 * error)
+    assert np.all(ratio[1::2] > 3 * ratio[0::2].max() / 1.2)

@@ -76,8 +76,8 @@ def score_candidates(spectrum, pad, fx, fy, coefficients, ctf, inv_s, rotations,
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def backproject_candidates(data, weights, noise_sum, noise_count, spectrum, pad, fx, fy, shell, coefficients, ctf,
-                           inv_s, rotations, n_rotations, shifts, n_shifts, posterior, box):
+def backproject_candidates(data, weights, noise_sum, noise_count, particle_residual, spectrum, pad, fx, fy, shell,
+                           coefficients, ctf, inv_s, rotations, n_rotations, shifts, n_shifts, posterior, box):
     """M-step sums for every particle's candidates with posterior weight > 0 (Eqns. 14-15).
 
     Adds, for each rotation r, sum_t w_rt Z_t (at weight sum_t w_rt C^2 inv_s) into `data` /
@@ -88,6 +88,8 @@ def backproject_candidates(data, weights, noise_sum, noise_count, spectrum, pad,
     data : (W, m, m, m // 2 + 1) complex128, weights : same shape float64, noise_sum,
     noise_count : (W, n_shells): one accumulator per worker thread (particles b = w, w + W, ...
     go to accumulator w), to be summed by the caller.
+    particle_residual : (B,) gains each particle's posterior-weighted sum_s |X - C e_t a|^2 inv_s
+    (its residual power in units of the shell noise, times the number of pixels).
     posterior : (B, R, T) float32 weights (zero where a candidate is not significant).
     """
     n_pixels = fx.shape[0]
@@ -123,8 +125,10 @@ def backproject_candidates(data, weights, noise_sum, noise_count, spectrum, pad,
                     for s in range(n_pixels):
                         value[s] += w * z[t, s]
                         d = x[s] - c[s] * a[s] * phases[t, s]
-                        noise_sum[worker, shell[s]] += w * (d.real * d.real + d.imag * d.imag)
+                        d2 = d.real * d.real + d.imag * d.imag
+                        noise_sum[worker, shell[s]] += w * d2
                         noise_count[worker, shell[s]] += w
+                        particle_residual[b] += w * d2 * inv_s[s]
                 rot = rotations[b, r]
                 for s in range(n_pixels):
                     f0, f1 = pad * fx[s], pad * fy[s]

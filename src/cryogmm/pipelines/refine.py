@@ -142,6 +142,7 @@ class RefineState:
     max_posterior: np.ndarray  # (P,) weight of the MAP pose
     n_significant: np.ndarray  # (P,)
     noise_power: np.ndarray  # (n_shells,)
+    noise_scale: np.ndarray  # (P,) each particle's noise power relative to noise_power
     references: np.ndarray  # (2, n, n, n) half maps
     tau2: np.ndarray  # (2, n_shells)
     radius_in_pixels: float  # E-step limit of the next iteration
@@ -216,11 +217,19 @@ def _ctf_at_pixels(ctf: CTFParameters, pixels: FourierPixels, pixel_size: float,
 
 
 def load_batch(particles: ParticleData, rows: np.ndarray, pixels: FourierPixels, mask: np.ndarray,
-               polarity: int) -> em.ParticleBatch:
+               polarity: int, noise_scale: np.ndarray | None = None) -> em.ParticleBatch:
+    """The masked particles' coefficients and CTFs at `pixels`.
+
+    noise_scale : (B,) each particle's noise power relative to the shell model; data and CTF are
+        divided by its square root, which weights the particle by its own noise in every term.
+    """
     images = particles.read(rows) * mask
-    return em.ParticleBatch(image_coefficients(images, pixels),
-                            _ctf_at_pixels(particles.ctf[rows], pixels, particles.pixel_size_in_angstroms, polarity),
-                            np.asarray(rows, dtype=np.int64))
+    x = image_coefficients(images, pixels)
+    c = _ctf_at_pixels(particles.ctf[rows], pixels, particles.pixel_size_in_angstroms, polarity)
+    if noise_scale is not None:
+        factor = (1.0 / np.sqrt(noise_scale)).astype(np.float32)[:, None]
+        x, c = x * factor, c * factor
+    return em.ParticleBatch(x, c, np.asarray(rows, dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +248,7 @@ class BatchTask:
     shifts_in_pixels: np.ndarray  # (B, 2)
     settings: RefineSettings
     mask: np.ndarray
+    noise_scale: np.ndarray  # (B,)
 
 
 @dataclass(frozen=True, eq=False)
@@ -250,6 +260,7 @@ class BatchResult:
     max_posterior: np.ndarray
     n_significant: np.ndarray
     log_likelihood: np.ndarray  # (B,) at the MAP pose
+    residual_ratio: np.ndarray  # (B,) residual power over the modelled noise power
 
 
 def _pad_rows(lists: Sequence[np.ndarray], width: int, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -301,7 +312,7 @@ def _local_candidates(task: BatchTask):
 def run_batch(task: BatchTask) -> BatchResult:
     """E-step and M-step sums of one batch of particles against one half map."""
     pixels = image_pixels(task.particles.box, task.radius_in_pixels, include_zero=True)
-    batch = load_batch(task.particles, task.rows, pixels, task.mask, task.settings.polarity)
+    batch = load_batch(task.particles, task.rows, pixels, task.mask, task.settings.polarity, task.noise_scale)
     from cryogmm.forward.fourier import FourierVolume
 
     fourier_volume = FourierVolume(task.spectrum, task.particles.box)
@@ -312,11 +323,13 @@ def run_batch(task: BatchTask) -> BatchResult:
     candidates = em.score(task.spectrum, task.padding_factor, batch, task.noise_power, pixels, rotations, n_rot,
                           shifts, n_shift, fraction=task.settings.significant_fraction)
     accumulators = em.Accumulators.empty(task.particles.box, task.padding_factor, task.particles.box // 2 + 1)
-    em.backproject(accumulators, task.spectrum, task.padding_factor, batch, task.noise_power, pixels, candidates)
+    ratio = em.backproject(accumulators, task.spectrum, task.padding_factor, batch, task.noise_power, pixels,
+                           candidates)
     best_rot, best_shift, best_w = candidates.best()
     flat = candidates.posterior.reshape(len(batch), -1).argmax(axis=1)
     best_ll = candidates.log_likelihood.reshape(len(batch), -1)[np.arange(len(batch)), flat]
-    return BatchResult(task.rows, accumulators, best_rot, best_shift, best_w, candidates.n_significant(), best_ll)
+    return BatchResult(task.rows, accumulators, best_rot, best_shift, best_w, candidates.n_significant(), best_ll,
+                       ratio)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,9 +496,23 @@ def initial_state(particles: ParticleData, reference: np.ndarray, settings: Refi
     p = particles.n_particles
     return RefineState(iteration=0, half=half, rotations=np.tile(np.eye(3), (p, 1, 1)),
                        shifts_in_pixels=np.zeros((p, 2)), max_posterior=np.zeros(p), n_significant=np.zeros(p, np.int64),
-                       noise_power=noise, references=np.stack([ref, ref]).astype(np.float32),
+                       noise_power=noise, noise_scale=np.ones(p), references=np.stack([ref, ref]).astype(np.float32),
                        tau2=np.zeros((2, n // 2 + 1)), radius_in_pixels=radius, stage_index=0,
                        best_radius_in_pixels=0.0, history=[])
+
+
+def update_noise_scale(scale: np.ndarray, residual_ratio: np.ndarray, n_pixels: int,
+                       min_pixels: int = 100) -> np.ndarray:
+    """Each particle's noise power relative to the shell model, from its residuals at its poses.
+
+    The new scale is the old one times the particle's residual ratio, divided by the ratios' mean
+    (the shell noise, estimated with the old scales, keeps the overall level). Ratios are clipped
+    to [1/4, 4]; with fewer than `min_pixels` pixels in the E-step the scales stay as they are.
+    """
+    if n_pixels < min_pixels:
+        return scale.copy()
+    ratio = np.clip(residual_ratio, 0.25, 4.0)
+    return scale * ratio / ratio.mean()
 
 
 def needed_step_in_degrees(resolution_in_angstroms: float, diameter_in_angstroms: float,
@@ -524,13 +551,15 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
     max_posterior = state.max_posterior.copy()
     n_significant = state.n_significant.copy()
     log_likelihood = np.zeros(particles.n_particles)
+    residual_ratio = np.ones(particles.n_particles)
     accumulators = []
     for h in (1, 2):
         rows_h = np.flatnonzero(state.half == h)
         spectrum = map_to_fourier(state.references[h - 1], padding_factor=settings.padding_factor).spectrum
         tasks = [BatchTask(particles, rows_h[i:i + settings.batch_size], spectrum, settings.padding_factor, radius,
                            state.noise_power, stage, state.rotations[rows_h[i:i + settings.batch_size]],
-                           state.shifts_in_pixels[rows_h[i:i + settings.batch_size]], settings, mask2)
+                           state.shifts_in_pixels[rows_h[i:i + settings.batch_size]], settings, mask2,
+                           state.noise_scale[rows_h[i:i + settings.batch_size]])
                  for i in range(0, rows_h.size, settings.batch_size)]
         results = run_tasks(tasks, executor, progress, f"iteration {state.iteration + 1}, half {h}")
         total = em.Accumulators.empty(n, settings.padding_factor, n // 2 + 1)
@@ -541,6 +570,7 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
             max_posterior[result.rows] = result.max_posterior
             n_significant[result.rows] = result.n_significant
             log_likelihood[result.rows] = result.log_likelihood
+            residual_ratio[result.rows] = result.residual_ratio
         accumulators.append(total)
     # noise power per shell from both halves' residuals (shells the E-step reached)
     noise = state.noise_power.copy()
@@ -550,6 +580,7 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
     noise[reached] = np.maximum(noise_sum[reached] / noise_count[reached], 1e-30)
     halves = _reconstruct_halves(accumulators, operators, settings, n, radius, pixel)
     maps, tau2, fsc = halves.regularised, halves.tau2, halves.fsc
+    noise_scale = update_noise_scale(state.noise_scale, residual_ratio, len(image_pixels(n, radius)))
     r143 = _radius_of(fsc)
     resolution = resolution_at(fsc, 0.143)
     angle_change = rotation_angle_in_degrees(rotations, state.rotations) if state.iteration > 0 else None
@@ -566,6 +597,7 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
         "median_shift_change_in_angstroms": None if shift_change is None else float(np.median(shift_change)),
         "mean_max_posterior": float(np.mean(max_posterior)),
         "mean_significant_poses": float(np.mean(n_significant)),
+        "noise_scale_quartiles": np.percentile(noise_scale, [25, 50, 75]).tolist(),
         "sum_log_likelihood": float(log_likelihood.sum()),
         "seconds": time.perf_counter() - start,
     }
@@ -594,7 +626,7 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
                      _max_radius(n, settings))
     new_state = RefineState(
         iteration=state.iteration + 1, half=state.half, rotations=rotations, shifts_in_pixels=shifts,
-        max_posterior=max_posterior, n_significant=n_significant, noise_power=noise,
+        max_posterior=max_posterior, n_significant=n_significant, noise_power=noise, noise_scale=noise_scale,
         references=(maps * mask3).astype(np.float32), tau2=tau2, radius_in_pixels=float(new_radius),
         stage_index=stage_index, best_radius_in_pixels=max(state.best_radius_in_pixels, r143),
         history=state.history + [record], converged=converged)
@@ -682,7 +714,7 @@ class ImagesInMemory:
 
 
 _STATE_ARRAYS = ("half", "rotations", "shifts_in_pixels", "max_posterior", "n_significant", "noise_power",
-                 "references", "tau2")
+                 "noise_scale", "references", "tau2")
 
 
 def state_to_arrays(state: RefineState) -> dict:

@@ -40,7 +40,7 @@ from cryogmm.kernels.fourier_slices import symmetrise_volume, symmetrise_x0_plan
 
 DEFAULT_SIGNIFICANT_FRACTION = 0.999
 EDGE_MASK_IN_PIXELS = 3.0  # soft edge at the box's border (see forward.fourier.spectrum_to_map)
-NEGLIGIBLE_LOG_RATIO = 14.0  # exp(-14) ~ 1e-6 per entry, relative to the row's maximum
+MAX_SIGNIFICANT = 2000  # at most this many poses per particle carry its posterior
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,26 +164,28 @@ def significant_weights(log_posterior: np.ndarray, fraction: float = DEFAULT_SIG
 
     Per row, the weights exp(l - logsumexp(l)) in decreasing order are kept until they sum to at
     least `fraction` (at least one, at most `max_count`), the rest set to zero, and the kept ones
-    renormalised to sum to one. -inf entries have weight zero. Only entries within
-    `NEGLIGIBLE_LOG_RATIO` of a row's maximum are sorted (the others hold less than 1e-6 of the
-    mass even when all K are there).
+    renormalised to sum to one. -inf entries have weight zero. With `max_count`, only the
+    `max_count` largest of each row are sorted (a partition finds them).
     """
     log_posterior = np.asarray(log_posterior, dtype=np.float64)
     b, k = log_posterior.shape
-    top = log_posterior.max(axis=1, keepdims=True)
-    p = np.exp(log_posterior - top)
-    total = p.sum(axis=1)
+    p = np.exp(log_posterior - log_posterior.max(axis=1, keepdims=True))
+    total = p.sum(axis=1, keepdims=True)
+    count = k if max_count is None else max(1, min(int(max_count), k))
+    if count < k:
+        index = np.argpartition(-p, count - 1, axis=1)[:, :count]
+    else:
+        index = np.broadcast_to(np.arange(k), (b, k))
+    values = np.take_along_axis(p, index, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    index = np.take_along_axis(index, order, axis=1)
+    values = np.take_along_axis(values, order, axis=1)
+    mass = np.cumsum(values, axis=1) / total
+    n_keep = np.minimum((mass < fraction - 1e-12).sum(axis=1) + 1, count)
+    keep = np.arange(count)[None, :] < n_keep[:, None]
+    values = np.where(keep, values, 0.0)
     weights = np.zeros((b, k), dtype=np.float32)
-    cutoff = NEGLIGIBLE_LOG_RATIO + np.log(k)
-    for i in range(b):
-        near = np.flatnonzero(log_posterior[i] > top[i, 0] - cutoff)
-        order = near[np.argsort(-p[i, near], kind="stable")]
-        mass = np.cumsum(p[i, order]) / total[i]
-        n_keep = int(np.searchsorted(mass, fraction - 1e-12)) + 1
-        if max_count is not None:
-            n_keep = min(n_keep, max_count)
-        keep = order[:n_keep]
-        weights[i, keep] = p[i, keep] / p[i, keep].sum()
+    np.put_along_axis(weights, index, (values / values.sum(axis=1, keepdims=True)).astype(np.float32), axis=1)
     return weights
 
 
@@ -203,14 +205,18 @@ def score(reference_spectrum: np.ndarray, padding_factor: float, batch: Particle
                      n_rotations.astype(np.int64), np.ascontiguousarray(shifts_in_pixels, dtype=np.float64),
                      n_shifts.astype(np.int64), pixels.box, out)
     log_post = out if log_prior is None else out + log_prior
-    posterior = significant_weights(log_post.reshape(b, -1), fraction).reshape(b, r, t)
+    posterior = significant_weights(log_post.reshape(b, -1), fraction, MAX_SIGNIFICANT).reshape(b, r, t)
     return Candidates(rotations, n_rotations, shifts_in_pixels, n_shifts, out, posterior)
 
 
 def backproject(accumulators: Accumulators, reference_spectrum: np.ndarray, padding_factor: float,
                 batch: ParticleBatch, noise_power: np.ndarray, pixels: FourierPixels, candidates: Candidates,
-                *, n_workers: int | None = None) -> None:
+                *, n_workers: int | None = None) -> np.ndarray:
     """Add a batch's posterior-weighted data, weights and noise residuals to `accumulators`.
+
+    Returns each particle's residual power relative to the shell noise, (B,): the
+    posterior-weighted mean over pixels of |X - C e_t a|^2 / noise (about 1 for a particle whose
+    noise the shell model describes; it sets the particle's noise scale).
 
     n_workers : accumulators filled in parallel (default: numba's thread count, at most the
         batch size); the sums are added in worker order, so the result depends on the worker
@@ -222,7 +228,8 @@ def backproject(accumulators: Accumulators, reference_spectrum: np.ndarray, padd
     weights = np.zeros((workers,) + shape)
     noise_sum = np.zeros((workers, accumulators.noise_sum.size))
     noise_count = np.zeros_like(noise_sum)
-    backproject_candidates(data, weights, noise_sum, noise_count, reference_spectrum, float(padding_factor),
+    residual = np.zeros(len(batch))
+    backproject_candidates(data, weights, noise_sum, noise_count, residual, reference_spectrum, float(padding_factor),
                            pixels.fx, pixels.fy, pixels.shell, batch.coefficients, batch.ctf,
                            _inverse_noise(noise_power, pixels),
                            np.ascontiguousarray(candidates.rotations, dtype=np.float64),
@@ -234,6 +241,7 @@ def backproject(accumulators: Accumulators, reference_spectrum: np.ndarray, padd
         accumulators.weights += weights[w]
         accumulators.noise_sum += noise_sum[w]
         accumulators.noise_count += noise_count[w]
+    return residual / max(len(pixels), 1)
 
 
 def padded_shells(box: int, padding_factor: int) -> np.ndarray:

@@ -63,6 +63,7 @@ def test_state_round_trips_through_arrays():
     state = rf.RefineState(iteration=3, half=np.array([1, 2, 1, 2]), rotations=rng.normal(size=(4, 3, 3)),
                            shifts_in_pixels=rng.normal(size=(4, 2)), max_posterior=rng.uniform(size=4),
                            n_significant=np.arange(4), noise_power=rng.uniform(size=9), noise_scale=rng.uniform(size=4),
+                           sigma_offset_in_pixels=2.5,
                            references=rng.normal(size=(2, 16, 16, 16)).astype(np.float32), tau2=rng.uniform(size=(2, 9)),
                            radius_in_pixels=7.5, stage_index=2, best_radius_in_pixels=6.0,
                            history=[{"iteration": 3, "resolution_in_angstroms": None}], converged=False)

@@ -143,6 +143,7 @@ class RefineState:
     n_significant: np.ndarray  # (P,)
     noise_power: np.ndarray  # (n_shells,)
     noise_scale: np.ndarray  # (P,) each particle's noise power relative to noise_power
+    sigma_offset_in_pixels: float  # the shift prior's width
     references: np.ndarray  # (2, n, n, n) half maps
     tau2: np.ndarray  # (2, n_shells)
     radius_in_pixels: float  # E-step limit of the next iteration
@@ -249,6 +250,7 @@ class BatchTask:
     settings: RefineSettings
     mask: np.ndarray
     noise_scale: np.ndarray  # (B,)
+    sigma_offset_in_pixels: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -279,6 +281,7 @@ def _global_candidates(task: BatchTask, batch: em.ParticleBatch, pixels: Fourier
     offsets = translation_grid(task.settings.offset_range_in_pixels, 1.0)
     shifts = task.shifts_in_pixels[:, None, :] + offsets[None]
     ll = em.grid_log_likelihoods(batch, task.noise_power, pixels, slices, shifts)  # (B, T, J)
+    ll = ll + shift_log_prior(shifts, task.sigma_offset_in_pixels)[:, :, None]
     b, t, j = ll.shape
     weights = em.significant_weights(ll.reshape(b, -1), task.settings.significant_fraction,
                                      MAX_COARSE_SIGNIFICANT).reshape(b, t, j)
@@ -321,7 +324,8 @@ def run_batch(task: BatchTask) -> BatchResult:
     else:
         rotations, n_rot, shifts, n_shift = _local_candidates(task)
     candidates = em.score(task.spectrum, task.padding_factor, batch, task.noise_power, pixels, rotations, n_rot,
-                          shifts, n_shift, fraction=task.settings.significant_fraction)
+                          shifts, n_shift, fraction=task.settings.significant_fraction,
+                          log_prior=shift_log_prior(shifts, task.sigma_offset_in_pixels)[:, None, :])
     accumulators = em.Accumulators.empty(task.particles.box, task.padding_factor, task.particles.box // 2 + 1)
     ratio = em.backproject(accumulators, task.spectrum, task.padding_factor, batch, task.noise_power, pixels,
                            candidates)
@@ -496,9 +500,26 @@ def initial_state(particles: ParticleData, reference: np.ndarray, settings: Refi
     p = particles.n_particles
     return RefineState(iteration=0, half=half, rotations=np.tile(np.eye(3), (p, 1, 1)),
                        shifts_in_pixels=np.zeros((p, 2)), max_posterior=np.zeros(p), n_significant=np.zeros(p, np.int64),
-                       noise_power=noise, noise_scale=np.ones(p), references=np.stack([ref, ref]).astype(np.float32),
+                       noise_power=noise, noise_scale=np.ones(p), sigma_offset_in_pixels=settings.offset_range_in_pixels,
+                       references=np.stack([ref, ref]).astype(np.float32),
                        tau2=np.zeros((2, n // 2 + 1)), radius_in_pixels=radius, stage_index=0,
                        best_radius_in_pixels=0.0, history=[])
+
+
+def shift_log_prior(shifts_in_pixels: np.ndarray, sigma_in_pixels: float) -> np.ndarray:
+    """log of the Gaussian prior on the particle centres, -|t|^2 / (2 sigma^2), for shifts (..., 2).
+
+    Centred on the box centre, as RELION's: without it, every particle's shift could follow the
+    projection of one 3D translation of the map, which costs no likelihood, and the map would drift.
+    """
+    t = np.asarray(shifts_in_pixels, dtype=np.float64)
+    return (-0.5 * (t**2).sum(axis=-1) / sigma_in_pixels**2).astype(np.float32)
+
+
+def update_sigma_offset(shifts_in_pixels: np.ndarray, minimum_in_pixels: float = 1.0) -> float:
+    """sigma of the shift prior from the particles' shifts: sqrt(mean |t|^2 / 2) (2 dimensions)."""
+    t = np.asarray(shifts_in_pixels, dtype=np.float64)
+    return float(max(np.sqrt(np.mean((t**2).sum(axis=-1)) / 2.0), minimum_in_pixels))
 
 
 def update_noise_scale(scale: np.ndarray, residual_ratio: np.ndarray, n_pixels: int,
@@ -559,7 +580,7 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
         tasks = [BatchTask(particles, rows_h[i:i + settings.batch_size], spectrum, settings.padding_factor, radius,
                            state.noise_power, stage, state.rotations[rows_h[i:i + settings.batch_size]],
                            state.shifts_in_pixels[rows_h[i:i + settings.batch_size]], settings, mask2,
-                           state.noise_scale[rows_h[i:i + settings.batch_size]])
+                           state.noise_scale[rows_h[i:i + settings.batch_size]], state.sigma_offset_in_pixels)
                  for i in range(0, rows_h.size, settings.batch_size)]
         results = run_tasks(tasks, executor, progress, f"iteration {state.iteration + 1}, half {h}")
         total = em.Accumulators.empty(n, settings.padding_factor, n // 2 + 1)
@@ -598,6 +619,7 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
         "mean_max_posterior": float(np.mean(max_posterior)),
         "mean_significant_poses": float(np.mean(n_significant)),
         "noise_scale_quartiles": np.percentile(noise_scale, [25, 50, 75]).tolist(),
+        "sigma_offset_in_angstroms": update_sigma_offset(shifts) * pixel,
         "sum_log_likelihood": float(log_likelihood.sum()),
         "seconds": time.perf_counter() - start,
     }
@@ -627,6 +649,7 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
     new_state = RefineState(
         iteration=state.iteration + 1, half=state.half, rotations=rotations, shifts_in_pixels=shifts,
         max_posterior=max_posterior, n_significant=n_significant, noise_power=noise, noise_scale=noise_scale,
+        sigma_offset_in_pixels=update_sigma_offset(shifts),
         references=(maps * mask3).astype(np.float32), tau2=tau2, radius_in_pixels=float(new_radius),
         stage_index=stage_index, best_radius_in_pixels=max(state.best_radius_in_pixels, r143),
         history=state.history + [record], converged=converged)
@@ -723,6 +746,7 @@ def state_to_arrays(state: RefineState) -> dict:
 
     arrays = {name: getattr(state, name) for name in _STATE_ARRAYS}
     scalars = {"iteration": state.iteration, "radius_in_pixels": state.radius_in_pixels,
+               "sigma_offset_in_pixels": state.sigma_offset_in_pixels,
                "stage_index": state.stage_index, "best_radius_in_pixels": state.best_radius_in_pixels,
                "converged": state.converged, "history": state.history}
     arrays["scalars_json"] = np.array(json.dumps(scalars))

@@ -156,7 +156,7 @@ class RefineState:
 @dataclass(frozen=True, eq=False)
 class RefineResult:
     map: np.ndarray  # (n, n, n) joined MAP reconstruction (unsharpened, unmasked)
-    half_maps: np.ndarray  # (2, n, n, n)
+    half_maps: np.ndarray  # (2, n, n, n) plain (unregularised) half maps of the last iteration
     fsc: object  # FSCCurve of the half maps (spherical mask)
     resolution_in_angstroms: float | None
     state: RefineState
@@ -657,8 +657,11 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
 
 
 def join_halves(accumulators: list[em.Accumulators], settings: RefineSettings, state: RefineState, box: int,
-                pixel: float, mask: np.ndarray):
-    """The final map from both halves' sums, tau^2 from the full set's FSC 2 FSC / (1 + FSC)."""
+                pixel: float):
+    """The final map from both halves' sums, tau^2 from the full set's FSC 2 FSC / (1 + FSC).
+
+    Returns the map, the plain half maps (data / weights) and their FSC.
+    """
     pad = settings.padding_factor
     operators = symmetry_operators(settings.symmetry)
     radius = state.history[-1]["e_step_radius_in_pixels"]  # what the last E-step reached
@@ -714,8 +717,7 @@ def refine(particles: ParticleData, reference: np.ndarray, settings: RefineSetti
     if on_iteration is not None:
         on_iteration(state.history[-1])
     t = time.perf_counter()
-    mask3 = sphere_mask(n, _diameter_px(settings, particles) / 2)
-    final, halves, fsc = join_halves(accumulators, settings, state, n, particles.pixel_size_in_angstroms, mask3)
+    final, halves, fsc = join_halves(accumulators, settings, state, n, particles.pixel_size_in_angstroms)
     timings["final_reconstruction"] = time.perf_counter() - t
     timings["iterations"] = float(sum(r["seconds"] for r in state.history))
     timings["total"] = time.perf_counter() - start

@@ -208,9 +208,6 @@ def test_bad_input_is_refused_with_one_line(simulated, tmp_path, capsys):
     assert list((tmp_path / "exists").iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="cli.refine.main creates the checkpoint folder (checkpoints.start) before it "
-                   "connects to the scheduler (_executor), and leaves it behind; the next run of the same command "
-                   "is then refused ('an interrupted run left checkpoints ...; pass --resume')")
 def test_unreachable_dask_scheduler_is_refused_with_one_line(simulated, tmp_path, capsys):
     # dask retries the refused connection until the client's 20 s timeout
     _expect_refusal(capsys, tmp_path, simulated / "particles.star",

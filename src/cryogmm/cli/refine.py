@@ -206,8 +206,8 @@ def main(args: argparse.Namespace) -> int:
         seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
         record = {"star": str(args.star), "reference": str(args.reference), "seed": seed, "n_particles": n_particles,
                   "box": box, "pixel_size_in_angstroms": pixel, **rf.settings_dict(settings)}
+        executor = _executor(args)  # an unreachable scheduler is refused before anything is written
         checkpoints.start(record, resume=args.resume)
-        executor = _executor(args)
         run = RunFolder(args.output, force=args.force or args.resume)
         state = None
         if args.resume:

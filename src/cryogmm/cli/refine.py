@@ -116,7 +116,8 @@ def build_settings(args: argparse.Namespace, pixel: float):
         raise InputError(f"refine options: {err}") from None
 
 
-def read_reference(args: argparse.Namespace, box: int, pixel: float) -> np.ndarray:
+def read_reference(args: argparse.Namespace, box: int, pixel: float) -> tuple[np.ndarray, str | None]:
+    """The reference on the particles' grid, and a note of the resampling (None when not resampled)."""
     from cryogmm.io.mrc import read_map
     from cryogmm.preprocess.resample import resample_map
 
@@ -126,15 +127,15 @@ def read_reference(args: argparse.Namespace, box: int, pixel: float) -> np.ndarr
     same_box = data.shape == (box, box, box)
     same_voxel = math.isclose(voxel, pixel, rel_tol=1e-3)
     if same_box and same_voxel:
-        return data
+        return data, None
     if not args.rescale:
         raise InputError(f"--reference {args.reference}: {'x'.join(map(str, data.shape[::-1]))} voxels of {voxel:g} Å, "
                          f"the particles need {box}^3 of {pixel:g} Å; pass --rescale to resample it")
     if data.ndim != 3 or len(set(data.shape)) != 1:
         raise InputError(f"--reference {args.reference}: shape {data.shape} is not a cube; pass a cubic map")
-    log.info("reference resampled from %d^3 voxels of %.4g Å to %d^3 of %.4g Å (--rescale)", data.shape[0], voxel,
-             box, pixel)
-    return resample_map(data, voxel, pixel, box).astype(np.float64)
+    note = (f"reference resampled from {data.shape[0]}^3 voxels of {voxel:.4g} Å to {box}^3 of {pixel:.4g} Å "
+            "(--rescale)")
+    return resample_map(data, voxel, pixel, box).astype(np.float64), note
 
 
 def _executor(args: argparse.Namespace):
@@ -202,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
             if count < 2:
                 raise InputError(f"{args.star}: {n_particles} particles give {count} in half set {h}; "
                                  "refine needs at least 2 per half set")
-        reference = read_reference(args, box, pixel)
+        reference, resampled = read_reference(args, box, pixel)
         seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
         record = {"star": str(args.star), "reference": str(args.reference), "seed": seed, "n_particles": n_particles,
                   "box": box, "pixel_size_in_angstroms": pixel, **rf.settings_dict(settings)}
@@ -218,6 +219,8 @@ def main(args: argparse.Namespace) -> int:
             log.info("%s: %d particles of %d px at %.4g Å/px; reference %s; symmetry %s; seed %d%s", args.star,
                      n_particles, box, pixel, args.reference, settings.symmetry, seed,
                      f"; resumed after iteration {state.iteration}" if state is not None else "")
+            if resampled:
+                log.info(resampled)
             data = rf.ParticleData(reader, ctf, box, pixel, n_particles)
 
             def on_iteration(record):

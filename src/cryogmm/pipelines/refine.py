@@ -340,26 +340,26 @@ def run_batch(task: BatchTask) -> BatchResult:
 # executors: results in task order, so that every executor gives the same sums
 
 def run_tasks(tasks: list[BatchTask], executor=None, progress: bool = False, description: str = "E-step"):
-    """Run tasks serially (executor None), with a `concurrent.futures` executor, or a Dask client."""
+    """Yield the tasks' results in task order: serially (executor None), from a `concurrent.futures`
+    executor, or from a Dask client. Each result is handed over as soon as it and those before it are
+    done, so that the caller can add it and let it go (one batch's sums in memory, not all)."""
     bar = tqdm(total=len(tasks), desc=description, disable=not progress, leave=False, unit="batch")
     try:
         if executor is None:
-            results = []
             for task in tasks:
-                results.append(run_batch(task))
+                result = run_batch(task)
                 bar.update(1)
-            return results
+                yield result
+            return
         if hasattr(executor, "scatter") and hasattr(executor, "gather"):  # dask.distributed.Client
             futures = executor.map(run_batch, tasks, pure=False)
-            results = executor.gather(futures)
-            bar.update(len(tasks))
-            return results
-        futures = [executor.submit(run_batch, task) for task in tasks]
-        results = []
-        for future in futures:
-            results.append(future.result())
+        else:
+            futures = [executor.submit(run_batch, task) for task in tasks]
+        for i in range(len(futures)):
+            result = futures[i].result()
+            futures[i] = None  # drop the reference: the result lives only as long as the caller keeps it
             bar.update(1)
-        return results
+            yield result
     finally:
         bar.close()
 
@@ -556,7 +556,7 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
             progress: bool = False, final: bool = False) -> tuple[RefineState, list[em.Accumulators]]:
     """One EM iteration of both half sets; returns the new state and the half sets' accumulators.
 
-    final : the last iteration (to Nyquist): the schedule is not advanced.
+    final : the last iteration (all frequencies the grid holds): the schedule is not advanced.
     """
     start = time.perf_counter()
     n = particles.box
@@ -710,7 +710,7 @@ def refine(particles: ParticleData, reference: np.ndarray, settings: RefineSetti
             on_iteration(state.history[-1])
         if checkpoint is not None:
             checkpoint(state)
-    # the last iteration, as RELION's: the E-step with all data up to Nyquist, so that the half maps'
+    # the last iteration, as RELION's: the E-step with all data below the Nyquist shell, so that the half maps'
     # FSC and its masked, phase-randomised version see signal and noise at every frequency
     last = replace(state, radius_in_pixels=_max_radius(n, settings), converged=True)
     state, accumulators = iterate(particles, last, settings, executor=executor, progress=progress, final=True)

@@ -115,6 +115,14 @@ class Accumulators:
         self.noise_count += other.noise_count
 
 
+def _check_radius(spectrum: np.ndarray, padding_factor: float, pixels: FourierPixels) -> None:
+    """The kernels read and write the 8 neighbours of pad * |k|: it must stay below m / 2 - 1."""
+    limit = (spectrum.shape[0] / 2 - 1) / padding_factor
+    if pixels.max_radius > limit + 1e-9 or spectrum.shape[0] != round(padding_factor * pixels.box):
+        raise ValueError(f"pixels of radius {pixels.max_radius} on a {pixels.box}-pixel image do not fit a padded "
+                         f"spectrum of {spectrum.shape[0]} voxels (radius at most {limit:.2f})")
+
+
 def _inverse_noise(noise_power: np.ndarray, pixels: FourierPixels) -> np.ndarray:
     return (1.0 / noise_power[pixels.shell]).astype(np.float32)
 
@@ -197,6 +205,7 @@ def score(reference_spectrum: np.ndarray, padding_factor: float, batch: Particle
 
     log_prior : optional (B, R, T) log prior of the candidates (uniform when None).
     """
+    _check_radius(reference_spectrum, padding_factor, pixels)
     b, r = rotations.shape[:2]
     t = shifts_in_pixels.shape[1]
     out = np.empty((b, r, t), dtype=np.float32)
@@ -222,6 +231,9 @@ def backproject(accumulators: Accumulators, reference_spectrum: np.ndarray, padd
         batch size); the sums are added in worker order, so the result depends on the worker
         count only through floating-point rounding.
     """
+    _check_radius(reference_spectrum, padding_factor, pixels)
+    if accumulators.data.shape != reference_spectrum.shape:
+        raise ValueError(f"accumulators of shape {accumulators.data.shape} for a spectrum of {reference_spectrum.shape}")
     workers = max(1, min(numba.get_num_threads() if n_workers is None else n_workers, len(batch)))
     shape = accumulators.data.shape
     data = np.zeros((workers,) + shape, np.complex128)

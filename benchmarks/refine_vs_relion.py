@@ -153,6 +153,7 @@ def score(run: dict, truth, true_table, pixel: float) -> dict:
     from cryogmm.geometry.so3 import rotation_angle_in_degrees
     from cryogmm.io.mrc import read_map
     from cryogmm.io.star import columns_to_poses, read_particles
+    from cryogmm.metrics.alignment import align_maps
     from cryogmm.metrics.fsc import fourier_shell_correlation, resolution_at
 
     halves = [read_map(p).data for p in run.pop("half_maps")]
@@ -161,9 +162,19 @@ def score(run: dict, truth, true_table, pixel: float) -> dict:
     run["against_truth"] = {}
     for name, path in run.pop("maps").items():
         curve = fourier_shell_correlation(read_map(path).data, truth, pixel)
+        # a refinement's frame can drift by a fraction of a degree and an Å or so (nothing in the
+        # likelihood fixes it); after aligning the map onto the truth that drift no longer counts
+        aligned = align_maps(truth, read_map(path).data, pixel, allow_mirror=False)
+        curve_aligned = fourier_shell_correlation(aligned.aligned, truth, pixel)
         run["against_truth"][name] = {"fsc_0.5_in_angstroms": resolution_at(curve, 0.5),
                                       "fsc_0.143_in_angstroms": resolution_at(curve, 0.143),
-                                      "fsc": [round(float(c), 4) for c in curve.correlation]}
+                                      "fsc": [round(float(c), 4) for c in curve.correlation],
+                                      "after_alignment": {
+                                          "fsc_0.5_in_angstroms": resolution_at(curve_aligned, 0.5),
+                                          "fsc_0.143_in_angstroms": resolution_at(curve_aligned, 0.143),
+                                          "drift_rotation_in_degrees": float(rotation_angle_in_degrees(
+                                              aligned.rotation[None], np.eye(3)[None])[0]),
+                                          "drift_shift_in_angstroms": aligned.shift_in_angstroms.tolist()}}
     found = read_particles(run.pop("poses")).particles.set_index("rlnImageName")
     truth_rows = true_table.particles.set_index("rlnImageName")
     found = found.loc[truth_rows.index]

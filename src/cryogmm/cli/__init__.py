@@ -42,8 +42,8 @@ REFERENCES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cryogmm", description="Gaussian-mixture (pseudo-atom) initial models and tools for single-particle "
-        "cryo-EM. `cryogmm COMMAND --help` explains a command; `cryogmm demo` runs the whole ab initio pipeline "
+        prog="cryogmm", description="Gaussian-mixture (pseudo-atom) initial models for single-particle cryo-EM, their "
+        "refinement against particle images (refine) and tools. `cryogmm COMMAND --help` explains a command; `cryogmm demo` runs the whole ab initio pipeline "
         "on a built-in phantom.", epilog=REFERENCES)
     parser.add_argument("--version", action="version", version=f"cryogmm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -84,6 +84,13 @@ class FourierPixels:
         return self.fx.size
 
 
+def half_spectrum_radius(m: int) -> np.ndarray:
+    """|k| in Fourier voxels of every coefficient of an `np.fft.rfftn` of an m^3 array: (m, m, m // 2 + 1)."""
+    f = np.fft.fftfreq(m) * m
+    h = np.arange(m // 2 + 1)
+    return np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + h[None, None, :] ** 2)
+
+
 def _apodisation(n: int, m: int) -> np.ndarray:
     """sinc^2 of the trilinear kernel on the n-box centred at n // 2, for a grid of m voxels."""
     return np.sinc((np.arange(n) - n // 2) / m) ** 2

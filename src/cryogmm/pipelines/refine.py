@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from cryogmm.errors import InputError
 from cryogmm.forward.ctf import CTFParameters, ctf_of_frequencies
-from cryogmm.forward.fourier import (DEFAULT_PADDING_FACTOR, FourierPixels, central_slices, image_coefficients,
-                                     image_pixels, map_to_fourier)
+from cryogmm.forward.fourier import (DEFAULT_PADDING_FACTOR, FourierPixels, FourierVolume, central_slices,
+                                     half_spectrum_radius, image_coefficients, image_pixels, map_to_fourier)
 from cryogmm.geometry import healpix
 from cryogmm.geometry.so3 import rotation_angle_in_degrees
 from cryogmm.geometry.symmetry import symmetry_operators
@@ -183,9 +183,7 @@ def lowpass_map(volume: np.ndarray, voxel_size_in_angstroms: float, resolution_i
     """Raised-cosine low-pass: 1 below the resolution's radius, falling to 0 over `width` Fourier pixels."""
     n = volume.shape[0]
     radius = n * voxel_size_in_angstroms / resolution_in_angstroms
-    f = np.fft.fftfreq(n) * n
-    h = np.arange(n // 2 + 1)
-    r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + h[None, None, :] ** 2)
+    r = half_spectrum_radius(n)
     filt = soft_edge(r - radius, width_in_pixels)
     return np.fft.irfftn(np.fft.rfftn(volume) * filt, s=volume.shape, axes=(0, 1, 2)).astype(np.float32)
 
@@ -316,8 +314,6 @@ def run_batch(task: BatchTask) -> BatchResult:
     """E-step and M-step sums of one batch of particles against one half map."""
     pixels = image_pixels(task.particles.box, task.radius_in_pixels, include_zero=True)
     batch = load_batch(task.particles, task.rows, pixels, task.mask, task.settings.polarity, task.noise_scale)
-    from cryogmm.forward.fourier import FourierVolume
-
     fourier_volume = FourierVolume(task.spectrum, task.particles.box)
     if task.stage.name == "global":
         rotations, n_rot, shifts, n_shift = _global_candidates(task, batch, pixels, fourier_volume)
@@ -458,9 +454,7 @@ def band_limit(volume: np.ndarray, radius_in_pixels: float) -> np.ndarray:
     there, the same in both half maps; left in, that would read as signal in their FSC.
     """
     n = volume.shape[0]
-    f = np.fft.fftfreq(n) * n
-    h = np.arange(n // 2 + 1)
-    r = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + h[None, None, :] ** 2)
+    r = half_spectrum_radius(n)
     return np.fft.irfftn(np.fft.rfftn(volume) * (r < radius_in_pixels), s=volume.shape, axes=(0, 1, 2)).astype(np.float32)
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from cryogmm.forward.fourier import FourierPixels, spectrum_to_map
+from cryogmm.forward.fourier import FourierPixels, half_spectrum_radius, spectrum_to_map
 from cryogmm.kernels.em_fourier import backproject_candidates, score_candidates
 from cryogmm.kernels.fourier_slices import symmetrise_volume, symmetrise_x0_plane
 
@@ -258,11 +258,7 @@ def backproject(accumulators: Accumulators, reference_spectrum: np.ndarray, padd
 
 def padded_shells(box: int, padding_factor: int) -> np.ndarray:
     """Shell index (radius in Fourier pixels of the unpadded box, rounded) of each half-spectrum voxel."""
-    m = int(padding_factor) * int(box)
-    f = np.fft.fftfreq(m) * m
-    h = np.arange(m // 2 + 1)
-    radius = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + h[None, None, :] ** 2) / padding_factor
-    return np.rint(radius).astype(np.int64)
+    return np.rint(half_spectrum_radius(int(padding_factor) * int(box)) / padding_factor).astype(np.int64)
 
 
 def symmetrised(accumulators: Accumulators, operators: np.ndarray | None, max_radius_in_pixels: float,
@@ -306,10 +302,7 @@ def reconstruct(data: np.ndarray, weights: np.ndarray, box: int, padding_factor:
         wiener_constant). Frequencies at or beyond `max_radius_in_pixels` are zero.
     """
     shells = padded_shells(box, padding_factor)
-    radius = np.sqrt(np.fft.fftfreq(data.shape[0])[:, None, None] ** 2
-                     + np.fft.fftfreq(data.shape[0])[None, :, None] ** 2
-                     + (np.arange(data.shape[2]) / data.shape[0])[None, None, :] ** 2) * data.shape[0] / padding_factor
-    inside = radius < max_radius_in_pixels
+    inside = half_spectrum_radius(data.shape[0]) / padding_factor < max_radius_in_pixels
     denominator = weights + wiener_constant
     if tau2 is not None:
         tau2 = np.asarray(tau2, dtype=np.float64)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryogmm.errors import InputError
-from cryogmm.kernels.fourier_slices import extract_slices
+from cryogmm.kernels.fourier_slices import extract_rotated, extract_slices
 
 DEFAULT_PADDING_FACTOR = 2
 
@@ -232,3 +232,66 @@ def project_images(fourier_volume: FourierVolume, rotations: np.ndarray, shifts_
     if ctf is not None:
         spectra = spectra * ctf
     return np.fft.fftshift(np.fft.irfft2(spectra, s=(n, n)), axes=(-2, -1)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2D: class images and their in-plane rotations (the 2D analogue of the above, for 2D classification)
+
+def _apodisation_2d(n: int, m: int) -> np.ndarray:
+    a = _apodisation(n, m)
+    return a[:, None] * a[None, :]
+
+
+def images_to_fourier(images: np.ndarray, *, padding_factor: int = DEFAULT_PADDING_FACTOR) -> np.ndarray:
+    """Padded, gridding-corrected half spectra `(K, m, m // 2 + 1)` complex64 of images `(K, n, n)`.
+
+    The 2D `map_to_fourier`: each image (centre n // 2) is divided by the bilinear kernel's sinc^2,
+    zero-padded to m = padding_factor * n and transformed; `rotated_images` reads it.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be a (K, n, n) stack, got shape {images.shape}")
+    n = images.shape[1]
+    m = int(padding_factor) * n
+    padded = np.zeros((images.shape[0], m, m))
+    start = m // 2 - n // 2
+    padded[:, start:start + n, start:start + n] = images / _apodisation_2d(n, m)
+    return np.fft.rfft2(np.fft.ifftshift(padded, axes=(-2, -1))).astype(np.complex64)
+
+
+def spectra_to_images(spectra: np.ndarray, box: int, *, correction: str = "insertion") -> np.ndarray:
+    """Images `(K, n, n)` float32 from padded half spectra `(K, m, m // 2 + 1)` (the 2D `spectrum_to_map`).
+
+    correction : "insertion" divides by the bilinear kernel's sinc^2 (spectra made by `insert_rotated`),
+        "projection" multiplies by it (the exact inverse of `images_to_fourier`).
+    """
+    m = spectra.shape[-2]
+    n = int(box)
+    padded = np.fft.fftshift(np.fft.irfft2(spectra, s=(m, m), axes=(-2, -1)), axes=(-2, -1))
+    start = m // 2 - n // 2
+    images = padded[..., start:start + n, start:start + n]
+    a = _apodisation_2d(n, m)
+    if correction == "insertion":
+        images = images / a
+    elif correction == "projection":
+        images = images * a
+    else:
+        raise ValueError(f"correction must be 'projection' or 'insertion', got {correction!r}")
+    return images.astype(np.float32)
+
+
+def rotated_images(spectra: np.ndarray, psi_in_degrees: np.ndarray, pixels: FourierPixels) -> np.ndarray:
+    """Each class at each in-plane angle, at `pixels`: `(K, J, S)` complex64.
+
+    The transform of a class image c rotated by psi (p(u) = c(Rz(psi) u)) at frequency f is the
+    class's transform at Rz(psi) f, read from its padded half spectrum (`images_to_fourier`).
+    """
+    spectra = np.ascontiguousarray(spectra)
+    pad = spectra.shape[-2] / pixels.box
+    if pixels.max_radius > (spectra.shape[-2] / 2 - 1) / pad + 1e-9:
+        raise ValueError(f"pixels reach radius {pixels.max_radius}, beyond what a {spectra.shape[-2]}-pixel padded "
+                         "spectrum holds; use a larger padding factor")
+    psi = np.radians(np.asarray(psi_in_degrees, dtype=np.float64).reshape(-1))
+    out = np.empty((spectra.shape[0], psi.size, len(pixels)), dtype=np.complex64)
+    extract_rotated(spectra, np.cos(psi), np.sin(psi), pixels.fx, pixels.fy, float(pad), out)
+    return out

@@ -150,3 +150,94 @@ def symmetrise_volume(data, weights, operators, max_radius, out_data, out_weight
                     total_w += _sample(weights, px, py, pz).real
                 out_data[iz, iy, ix] = total
                 out_weights[iz, iy, ix] = total_w
+
+
+# ---------------------------------------------------------------------------------------------
+# 2D: in-plane rotations of class images (2D classification)
+#
+# A class image's padded half spectrum has shape (m, m // 2 + 1), `[ky, kx]`, ky in FFT order.
+# A particle frequency f = (fx, fy) seen at in-plane angle psi reads the class at
+# q = pad * Rz(psi) f = pad * (cos fx - sin fy, sin fx + cos fy) (`cryogmm.preprocess.class_average`:
+# the particle is the class rotated by psi, p(u) = c(Rz(psi) u)).
+
+@numba.njit(nogil=True, cache=True)
+def _sample_2d(plane, qx, qy):
+    """Bilinear interpolation of the half-spectrum `plane` (m, m // 2 + 1) at (qx, qy)."""
+    m = plane.shape[0]
+    conjugate = qx < 0.0
+    if conjugate:
+        qx, qy = -qx, -qy
+    x0, y0 = np.floor(qx), np.floor(qy)
+    dx, dy = qx - x0, qy - y0
+    ix, iy = int(x0), int(y0)
+    total = 0j
+    for cy in range(2):
+        wy = dy if cy else 1.0 - dy
+        jy = (iy + cy) % m
+        for cx in range(2):
+            total += wy * (dx if cx else 1.0 - dx) * plane[jy, ix + cx]
+    if conjugate:
+        return np.conj(total)
+    return total
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def extract_rotated(planes, cos_psi, sin_psi, fx, fy, pad, out):
+    """out[k, j, s] = planes[k] at pad * Rz(psi_j) (fx[s], fy[s]), bilinear.
+
+    planes : (K, m, m // 2 + 1) complex; cos_psi, sin_psi : (J,); fx, fy : (S,) float64 integer
+    frequencies of the unpadded image; pad : float (m / n); out : (K, J, S) complex64.
+    Every |pad * (fx, fy)| must be below m / 2 - 1.
+    """
+    n_k, n_j = planes.shape[0], cos_psi.shape[0]
+    for kj in numba.prange(n_k * n_j):
+        k, j = kj // n_j, kj % n_j
+        c, s_ = cos_psi[j], sin_psi[j]
+        for s in range(fx.shape[0]):
+            f0, f1 = pad * fx[s], pad * fy[s]
+            out[k, j, s] = _sample_2d(planes[k], c * f0 - s_ * f1, s_ * f0 + c * f1)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def insert_rotated(data, weights, cos_psi, sin_psi, values, sample_weights, fx, fy, pad):
+    """Splat values[k, j, s] (and sample_weights[k, j, s]) into class k at pad * Rz(psi_j) (fx, fy).
+
+    data : (K, m, m // 2 + 1) complex128, weights : same shape float64, accumulated in place
+    (classes in parallel). One pixel of each Hermitian pair is given; `symmetrise_x0_line`
+    adds the other's share to the kx = 0 line afterwards.
+    """
+    m = data.shape[1]
+    for k in numba.prange(data.shape[0]):
+        for j in range(cos_psi.shape[0]):
+            c, s_ = cos_psi[j], sin_psi[j]
+            for s in range(fx.shape[0]):
+                w = sample_weights[k, j, s]
+                v = values[k, j, s]
+                if w == 0.0 and v == 0.0:
+                    continue
+                f0, f1 = pad * fx[s], pad * fy[s]
+                qx, qy = c * f0 - s_ * f1, s_ * f0 + c * f1
+                if qx < 0.0:
+                    qx, qy, v = -qx, -qy, np.conj(v)
+                x0, y0 = np.floor(qx), np.floor(qy)
+                dx, dy = qx - x0, qy - y0
+                ix, iy = int(x0), int(y0)
+                for cy in range(2):
+                    wy = dy if cy else 1.0 - dy
+                    jy = (iy + cy) % m
+                    for cx in range(2):
+                        b = wy * (dx if cx else 1.0 - dx)
+                        data[k, jy, ix + cx] += b * v
+                        weights[k, jy, ix + cx] += b * w
+
+
+def symmetrise_x0_line(data: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2D `symmetrise_x0_plane`: the kx = 0 line of each plane (..., m, m // 2 + 1) gains the conjugate
+    of its mirror ky -> -ky. Returns new arrays."""
+    data, weights = data.copy(), weights.copy()
+    line, line_w = data[..., :, 0], weights[..., :, 0]
+    mirror = np.roll(line[..., ::-1], 1, axis=-1)
+    mirror_w = np.roll(line_w[..., ::-1], 1, axis=-1)
+    data[..., :, 0] = line + np.conj(mirror)
+    weights[..., :, 0] = line_w + mirror_w
+    return data, weights

@@ -90,21 +90,27 @@ def insert_slices_reference(m, rotations, values, sample_weights, fx, fy, pad):
     The transpose of `extract_slices_reference` applied to the whole image, both pixels of each
     Hermitian pair (k, -k) of the image being given by the one listed.
     """
-    data = np.zeros((m, m, m), dtype=np.complex128)
-    weights = np.zeros((m, m, m))
-    q = slice_points(rotations, fx, fy, pad).reshape(-1, 3)
+    return _splat_pairs_reference(m, slice_points(rotations, fx, fy, pad).reshape(-1, 3), values, sample_weights)
+
+
+def _splat_pairs_reference(m, q, values, sample_weights):
+    """Full (m,) * d data and weights [..., y, x]: values splatted (multilinear) at points q (N, d)
+    in (x, y, ...) order and their conjugates at -q."""
+    d = q.shape[1]
+    data = np.zeros((m,) * d, dtype=np.complex128)
+    weights = np.zeros((m,) * d)
     values = np.asarray(values, dtype=np.complex128).reshape(-1)
     sample_weights = np.asarray(sample_weights, dtype=np.float64).reshape(-1)
     for points, v in ((q, values), (-q, np.conj(values))):
         base = np.floor(points)
         fraction = points - base
         base = base.astype(np.int64)
-        for corner in np.ndindex(2, 2, 2):
+        for corner in np.ndindex(*(2,) * d):
             c = np.array(corner)
             w = np.prod(np.where(c == 1, fraction, 1.0 - fraction), axis=-1)
-            i = (base + c) % m
-            np.add.at(data, (i[:, 2], i[:, 1], i[:, 0]), w * v)
-            np.add.at(weights, (i[:, 2], i[:, 1], i[:, 0]), w * sample_weights)
+            i = tuple(((base + c) % m)[:, ::-1].T)
+            np.add.at(data, i, w * v)
+            np.add.at(weights, i, w * sample_weights)
     return data, weights
 
 
@@ -115,3 +121,44 @@ def candidate_log_likelihoods_reference(coefficients, ctf, noise_per_pixel, slic
              * np.asarray(phases, dtype=np.complex128)[:, None, :, :]
              * np.asarray(slices, dtype=np.complex128)[:, :, None, :])
     return -(np.abs(x - model) ** 2 / np.asarray(noise_per_pixel, dtype=np.float64)).sum(axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2D in-plane rotations (cryogmm.kernels.fourier_slices.extract_rotated / insert_rotated)
+
+def hermitian_completion_2d(half_plane: np.ndarray) -> np.ndarray:
+    """The full (m, m) spectrum [ky, kx] (FFT order) of an rfft2 half spectrum (m, m // 2 + 1)."""
+    m = half_plane.shape[0]
+    full = np.zeros((m, m), dtype=np.complex128)
+    full[:, : m // 2 + 1] = half_plane
+    minus = (-np.arange(m)) % m
+    for kx in range(m // 2 + 1, m):
+        full[:, kx] = np.conj(half_plane[minus, m - kx])
+    return full
+
+
+def rotated_points(psi_in_radians: np.ndarray, fx: np.ndarray, fy: np.ndarray, pad: float) -> np.ndarray:
+    """(J, S, 2) frequencies q = pad * Rz(psi_j) (fx, fy) in (x, y) order."""
+    c, s = np.cos(psi_in_radians)[:, None], np.sin(psi_in_radians)[:, None]
+    return pad * np.stack([c * fx - s * fy, s * fx + c * fy], axis=-1)
+
+
+def bilinear_reference(full_plane: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of a periodic (m, m) array [ky, kx] at (..., 2) points (x, y)."""
+    m = full_plane.shape[0]
+    base = np.floor(points)
+    fraction = points - base
+    base = base.astype(np.int64)
+    out = np.zeros(points.shape[:-1], dtype=np.complex128)
+    for corner in np.ndindex(2, 2):
+        c = np.array(corner)
+        w = np.prod(np.where(c == 1, fraction, 1.0 - fraction), axis=-1)
+        i = (base + c) % m
+        out += w * full_plane[i[..., 1], i[..., 0]]
+    return out
+
+
+def insert_rotated_reference(m, psi_in_radians, values, sample_weights, fx, fy, pad):
+    """Full (m, m) data and weights of one class: each value splatted at q and its conjugate at -q."""
+    return _splat_pairs_reference(m, rotated_points(psi_in_radians, fx, fy, pad).reshape(-1, 2), values,
+                                  sample_weights)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import healpy
 import numpy as np
 from scipy.spatial.transform import Rotation
 
@@ -114,6 +113,8 @@ class OrientationGrid:
 
 def _grid(order: int, direction_index: np.ndarray, psi_index: np.ndarray) -> OrientationGrid:
     """The orientations (direction_index[j], psi_index[j]) of `order`."""
+    import healpy  # imported when used: it loads astropy and matplotlib (seconds)
+
     theta, phi = healpy.pix2ang(2**order, direction_index, nest=True)
     euler = np.stack([np.degrees(phi), np.degrees(theta), psi_index * angular_step_in_degrees(order)], axis=-1)
     return OrientationGrid(order=order, euler_in_degrees=euler, matrices=euler_to_matrix(*euler.T),
@@ -149,6 +150,8 @@ def _transported_psi_in_degrees(order: int, direction: np.ndarray, child_directi
     """In-plane angle tau that the frame (rot, tilt, 0) of each direction of `order` takes on when
     the shortest rotation T carries it to the child direction (order + 1): T F = G Rz(tau) for the
     active frames F, G of the direction and of the child with psi = 0."""
+    import healpy
+
     v = np.stack(healpy.pix2vec(2**order, direction, nest=True), axis=-1)
     w = np.stack(healpy.pix2vec(2 ** (order + 1), child_direction, nest=True), axis=-1)
     cross = np.cross(v, w)

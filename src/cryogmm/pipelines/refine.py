@@ -335,22 +335,25 @@ def run_batch(task: BatchTask) -> BatchResult:
 # ---------------------------------------------------------------------------------------------
 # executors: results in task order, so that every executor gives the same sums
 
-def run_tasks(tasks: list[BatchTask], executor=None, progress: bool = False, description: str = "E-step"):
+def run_tasks(tasks: list, executor=None, progress: bool = False, description: str = "E-step", function=None):
     """Yield the tasks' results in task order: serially (executor None), from a `concurrent.futures`
     executor, or from a Dask client. Each result is handed over as soon as it and those before it are
-    done, so that the caller can add it and let it go (one batch's sums in memory, not all)."""
+    done, so that the caller can add it and let it go (one batch's sums in memory, not all).
+
+    function : the module-level (picklable) function run on each task (default `run_batch`)."""
+    function = run_batch if function is None else function
     bar = tqdm(total=len(tasks), desc=description, disable=not progress, leave=False, unit="batch")
     try:
         if executor is None:
             for task in tasks:
-                result = run_batch(task)
+                result = function(task)
                 bar.update(1)
                 yield result
             return
         if hasattr(executor, "scatter") and hasattr(executor, "gather"):  # dask.distributed.Client
-            futures = executor.map(run_batch, tasks, pure=False)
+            futures = executor.map(function, tasks, pure=False)
         else:
-            futures = [executor.submit(run_batch, task) for task in tasks]
+            futures = [executor.submit(function, task) for task in tasks]
         for i in range(len(futures)):
             result = futures[i].result()
             futures[i] = None  # drop the reference: the result lives only as long as the caller keeps it

@@ -132,20 +132,31 @@ def weighted_data(batch: ParticleBatch, inv_s: np.ndarray, phases: np.ndarray) -
     return (batch.coefficients[:, None, :] * np.conj(phases)) * (batch.ctf * inv_s)[:, None, :]
 
 
+def shifted_weighted_data(batch: ParticleBatch, noise_power: np.ndarray, pixels: FourierPixels,
+                          shifts_in_pixels: np.ndarray) -> np.ndarray:
+    """Z (B, T, S) complex64 (`weighted_data`) of each particle at each of its shifts (B, T, 2)."""
+    b, t = shifts_in_pixels.shape[:2]
+    shifts = np.asarray(shifts_in_pixels, dtype=np.float64).reshape(-1, 2)
+    phase = (-2.0 * np.pi / pixels.box) * (shifts[:, :1] * pixels.fx + shifts[:, 1:] * pixels.fy)
+    phases = np.exp(1j * phase).astype(np.complex64).reshape(b, t, -1)
+    return weighted_data(batch, _inverse_noise(noise_power, pixels), phases)
+
+
 def grid_terms(batch: ParticleBatch, noise_power: np.ndarray, pixels: FourierPixels, slices: np.ndarray,
-               shifts_in_pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               shifts_in_pixels: np.ndarray, *, z: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The three terms of the log-likelihood on a grid: cross (B, T, J), quad (B, J), constant (B,).
 
     log p[b, t, j] = 2 cross[b, t, j] - quad[b, j] - constant[b] (`cryogmm.kernels.em_fourier`).
     The cross terms are one float32 matrix product of the (B T, 2 S) real and imaginary parts of
     Z with the (2 S, J) parts of the slices; the CTF^2 |slice|^2 terms one more of (B, S) x (S, J).
+    z : `shifted_weighted_data` when the caller has it already.
     """
     inv_s = _inverse_noise(noise_power, pixels)
     b, t = shifts_in_pixels.shape[:2]
-    shifts = np.asarray(shifts_in_pixels, dtype=np.float64).reshape(-1, 2)
-    phase = (-2.0 * np.pi / pixels.box) * (shifts[:, :1] * pixels.fx + shifts[:, 1:] * pixels.fy)
-    phases = np.exp(1j * phase).astype(np.complex64).reshape(b, t, -1)
-    z = weighted_data(batch, inv_s, phases).reshape(b * t, -1)
+    if z is None:
+        z = shifted_weighted_data(batch, noise_power, pixels, shifts_in_pixels)
+    z = z.reshape(b * t, -1)
     z_real = np.concatenate([z.real, z.imag], axis=1).astype(np.float32)
     a_real = np.concatenate([slices.real, slices.imag], axis=1).astype(np.float32)
     cross = (z_real @ a_real.T).reshape(b, t, -1)
@@ -156,13 +167,14 @@ def grid_terms(batch: ParticleBatch, noise_power: np.ndarray, pixels: FourierPix
 
 
 def grid_log_likelihoods(batch: ParticleBatch, noise_power: np.ndarray, pixels: FourierPixels, slices: np.ndarray,
-                         shifts_in_pixels: np.ndarray) -> np.ndarray:
+                         shifts_in_pixels: np.ndarray, *, z: np.ndarray | None = None) -> np.ndarray:
     """Log-likelihoods (B, T, J) float32 of every particle at every shift and grid orientation.
 
-    slices : (J, S) complex64 central slices of the reference at `pixels`.
+    slices : (J, S) complex64 central slices of the reference at `pixels` (or any J reference images).
     shifts_in_pixels : (B, T, 2) shifts of each particle (its own centre plus a shared grid).
+    z : `shifted_weighted_data` when the caller has it already.
     """
-    cross, quad, constant = grid_terms(batch, noise_power, pixels, slices, shifts_in_pixels)
+    cross, quad, constant = grid_terms(batch, noise_power, pixels, slices, shifts_in_pixels, z=z)
     return (2.0 * cross - quad[:, None, :] - constant[:, None, None]).astype(np.float32)
 
 

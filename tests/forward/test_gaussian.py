@@ -1,0 +1,98 @@
+"""Energy gradients of the Gaussian-noise model (thesis chapter 5) against finite differences."""
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from cryogmm.forward.gaussian import energy_and_gradients, predicted_images
+
+N_IMAGES, N_COMPONENTS, BOX, PIXEL = 3, 4, 12, 2.0
+
+
+def _problem():
+    rng = np.random.default_rng(7)
+    coords = (np.arange(BOX) - BOX // 2) * PIXEL
+    xx, yy = np.meshgrid(coords, coords)
+    pixels = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    means = rng.normal(scale=4.0, size=(N_COMPONENTS, 3))
+    rotations = Rotation.random(N_IMAGES, random_state=rng.integers(2**31)).as_matrix()
+    translations = rng.normal(scale=1.0, size=(N_IMAGES, 2))
+    truth = predicted_images(pixels, means, rotations, translations, scale=1.3, size=0.08)
+    images = truth + rng.normal(scale=0.1, size=truth.shape)
+    # evaluate away from the truth so that every gradient is far from zero
+    params = dict(means=means + rng.normal(scale=0.5, size=means.shape),
+                  rotations=Rotation.from_rotvec(rng.normal(scale=0.1, size=(N_IMAGES, 3))).as_matrix()
+                  @ rotations,
+                  translations=translations + rng.normal(scale=0.3, size=translations.shape))
+    options = dict(scale=1.3, size=0.07, noise_precision=50.0, mean_precision=0.01, a_beta=2.0, b_beta=0.5)
+    return images, pixels, params, options
+
+
+def _energy(images, pixels, params, options):
+    return energy_and_gradients(images, pixels, params["means"], params["rotations"],
+                                params["translations"], **options)[0]
+
+
+def _central_difference(function, x, h):
+    flat = np.array(x, dtype=float).ravel()
+    out = np.empty_like(flat)
+    for n in range(flat.size):
+        up, down = flat.copy(), flat.copy()
+        up[n] += h
+        down[n] -= h
+        out[n] = (function(up) - function(down)) / (2 * h)
+    return out
+
+
+def _relative_error(analytic, numeric):
+    analytic, numeric = np.ravel(analytic), np.ravel(numeric)
+    return np.max(np.abs(analytic - numeric)) / np.max(np.abs(numeric))
+
+
+@pytest.mark.parametrize("block", ["means", "translations", "rotations", "size", "noise_precision"])
+def test_gradient_matches_finite_differences(block):
+    images, pixels, params, options = _problem()
+    _, gradients = energy_and_gradients(images, pixels, params["means"], params["rotations"],
+                                        params["translations"], **options)
+    if block in ("means", "translations"):
+        shape = params[block].shape
+
+        def function(flat):
+            return _energy(images, pixels, {**params, block: flat.reshape(shape)}, options)
+
+        numeric = _central_difference(function, params[block], 1e-5)
+    elif block == "rotations":
+        def function(flat):
+            turned = Rotation.from_rotvec(flat.reshape(N_IMAGES, 3)).as_matrix() @ params["rotations"]
+            return _energy(images, pixels, {**params, "rotations": turned}, options)
+
+        numeric = _central_difference(function, np.zeros((N_IMAGES, 3)), 1e-6)
+    else:
+        def function(flat):
+            return _energy(images, pixels, params, {**options, block: flat[0]})
+
+        numeric = _central_difference(function, [options[block]], 1e-6 * options[block])
+    error = _relative_error(getattr(gradients, block), numeric)
+    assert error < 1e-5, error
+
+
+def test_energy_is_the_negative_log_posterior():
+    images, pixels, params, options = _problem()
+    predicted = predicted_images(pixels, params["means"], params["rotations"], params["translations"],
+                                 scale=options["scale"], size=options["size"])
+    beta = options["noise_precision"]
+    expected = (0.5 * beta * np.sum((images - predicted) ** 2) - 0.5 * images.size * np.log(beta)
+                + 0.5 * options["mean_precision"] * np.sum(params["means"] ** 2)
+                - (options["a_beta"] - 1) * np.log(beta) + options["b_beta"] * beta)
+    assert _energy(images, pixels, params, options) == pytest.approx(expected, rel=1e-12)
+
+
+def test_prediction_is_a_sum_of_projected_gaussians():
+    # one component at the origin, identity rotation, no shift: the peak pixel holds lam
+    coords = (np.arange(BOX) - BOX // 2) * PIXEL
+    xx, yy = np.meshgrid(coords, coords)
+    pixels = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    image = predicted_images(pixels, np.array([[0.0, 0.0, 5.0]]), np.eye(3)[None], np.zeros((1, 2)),
+                             scale=2.0, size=0.1)[0].reshape(BOX, BOX)
+    assert image[BOX // 2, BOX // 2] == pytest.approx(2.0)
+    assert image[BOX // 2, BOX // 2 + 1] == pytest.approx(2.0 * np.exp(-0.05 * PIXEL**2))

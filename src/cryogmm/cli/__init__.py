@@ -29,6 +29,7 @@ COMMANDS = {
     "ctf": "ctf",
     "prepare": "prepare",
     "refine": "refine",
+    "classify2d": "classify2d",
 }
 
 EXIT_BAD_INPUT = 2

@@ -177,9 +177,7 @@ def half_sets_from_table(particles) -> np.ndarray | None:
 def main(args: argparse.Namespace) -> int:
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.io.checkpoints import CheckpointFolder, check_resume, checkpoint_dir_for
-    from cryogmm.io.particles import stack_reader
     from cryogmm.io.runs import RunFolder
-    from cryogmm.io.star import ctf_parameters, read_particles
     from cryogmm.pipelines import refine as rf
 
     setup_logging(verbose=args.verbose)
@@ -187,13 +185,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         checkpoints = CheckpointFolder(checkpoint_dir_for(args.output))
         check_resume(checkpoints, args.output, args.resume, args.force)
-        table = read_particles(args.star)
-        ctf = ctf_parameters(table)
-        if ctf is None:
-            raise InputError(f"{args.star}: no CTF columns (rlnDefocusU, rlnDefocusV, rlnDefocusAngle, rlnVoltage, "
-                             "rlnSphericalAberration, rlnAmplitudeContrast); refine needs each particle's CTF: "
-                             "add them (e.g. from CTFFIND via RELION) or use a STAR file that has them")
-        reader, pixel = stack_reader(table, args.data_dir, pixel_size_in_angstroms=args.pixel_size)
+        table, ctf, reader, pixel = read_ctf_particles(args, "refine")
         settings = build_settings(args, pixel)
         reader.check_finite(args.star)
         n_particles, box = len(reader), reader.box
@@ -254,13 +246,34 @@ def main(args: argparse.Namespace) -> int:
             log.info("wrote %s", args.output)
         checkpoints.remove()
     finally:
-        if executor is not None:
-            if hasattr(executor, "gather"):
-                executor.close()
-            else:
-                executor.shutdown(wait=False, cancel_futures=True)
+        close_executor(executor)
         close_logging()
     return 0
+
+
+def read_ctf_particles(args: argparse.Namespace, command: str):
+    """The particle table, its CTFs, a lazy stack reader and the pixel size (CTF columns required)."""
+    from cryogmm.io.particles import stack_reader
+    from cryogmm.io.star import ctf_parameters, read_particles
+
+    table = read_particles(args.star)
+    ctf = ctf_parameters(table)
+    if ctf is None:
+        raise InputError(f"{args.star}: no CTF columns (rlnDefocusU, rlnDefocusV, rlnDefocusAngle, rlnVoltage, "
+                         f"rlnSphericalAberration, rlnAmplitudeContrast); {command} needs each particle's CTF: "
+                         "add them (e.g. from CTFFIND via RELION) or use a STAR file that has them")
+    reader, pixel = stack_reader(table, args.data_dir, pixel_size_in_angstroms=args.pixel_size)
+    return table, ctf, reader, pixel
+
+
+def close_executor(executor) -> None:
+    """Close a Dask client, or end a process pool without waiting for its queued tasks."""
+    if executor is None:
+        return
+    if hasattr(executor, "gather"):
+        executor.close()
+    else:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _angstroms(value) -> str:

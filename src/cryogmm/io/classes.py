@@ -264,3 +264,76 @@ def write_class_averages(model_path: str | os.PathLike, classes: ClassAverageSet
     with atomic_output(model_path) as tmp:
         starfile.write({"model_general": general, "model_classes": table}, tmp)
     return stack_path
+
+
+def image_names_relative_to(table: ParticleTable, folder: str | os.PathLike,
+                            data_dir: str | os.PathLike | None = None) -> list[str]:
+    """The particles' `rlnImageName`s rewritten so that a STAR file in `folder` finds the same stacks."""
+    from cryogmm.io.star import resolve_image_path, split_image_name
+
+    folder = Path(folder).resolve()
+    resolved: dict[str, str] = {}
+    names = []
+    for name in table.particles["rlnImageName"].astype(str):
+        index, stack = split_image_name(name)
+        if stack not in resolved:
+            path = resolve_image_path(stack, table.path, data_dir).resolve()
+            resolved[stack] = os.path.relpath(path, folder)
+        names.append(format_image_name(index, resolved[stack]))
+    return names
+
+
+def write_classification(folder: str | os.PathLike, table: ParticleTable, *, classes: np.ndarray,
+                         distribution: np.ndarray, resolution_in_angstroms: np.ndarray,
+                         accuracy_rotations_in_degrees: np.ndarray, accuracy_translations_in_angstroms: np.ndarray,
+                         current_resolution_in_angstroms: float, pixel_size_in_angstroms: float,
+                         tau2_fudge: float, particle_columns: dict, data_dir: str | os.PathLike | None = None,
+                         prefix: str = "run") -> dict[str, Path]:
+    """A 2D classification's outputs in RELION's layout, which `read_class_averages` and RELION read.
+
+    `folder/{prefix}_classes.mrcs` (K class images), `{prefix}_model.star` (data_model_general and
+    data_model_classes; rlnReferenceImage names the stack next to it) and `{prefix}_data.star` (the
+    input particles with `particle_columns` set, e.g. rlnClassNumber, rlnAnglePsi,
+    rlnOriginXAngst/YAngst; their 3D angles rlnAngleRot/Tilt dropped, image names rewritten relative
+    to `folder`). Unestimated resolutions (inf) are written as 999, as RELION does.
+    """
+    folder = Path(folder)
+    k, n = classes.shape[0], classes.shape[-1]
+    stack_name = f"{prefix}_classes.mrcs"
+    paths = {"classes": folder / stack_name, "model": folder / f"{prefix}_model.star",
+             "data": folder / f"{prefix}_data.star"}
+    write_stack(paths["classes"], classes, pixel_size_in_angstroms)
+
+    def finite(values):
+        values = np.asarray(values, dtype=np.float64)
+        return np.where(np.isfinite(values), values, NOT_ESTIMATED_IN_ANGSTROMS)
+
+    current = float(current_resolution_in_angstroms)
+    general = {"rlnReferenceDimensionality": 2, "rlnDataDimensionality": 2, "rlnOriginalImageSize": n,
+               "rlnCurrentResolution": current if np.isfinite(current) else NOT_ESTIMATED_IN_ANGSTROMS,
+               "rlnPixelSize": float(pixel_size_in_angstroms), "rlnNrClasses": k, "rlnNrBodies": 1,
+               "rlnNrGroups": 1, "rlnTau2FudgeFactor": float(tau2_fudge)}
+    model_classes = pd.DataFrame({
+        "rlnReferenceImage": [format_image_name(i, stack_name) for i in range(k)],
+        "rlnClassDistribution": np.asarray(distribution, dtype=np.float64),
+        "rlnAccuracyRotations": finite(accuracy_rotations_in_degrees),
+        "rlnAccuracyTranslationsAngst": finite(accuracy_translations_in_angstroms),
+        "rlnEstimatedResolution": finite(resolution_in_angstroms)})
+    with atomic_output(paths["model"]) as tmp:
+        starfile.write({"model_general": general, "model_classes": model_classes}, tmp)
+    particles = table.particles.copy()
+    particles = particles.drop(columns=[c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnOriginX", "rlnOriginY")
+                                        if c in particles.columns])
+    particles["rlnImageName"] = image_names_relative_to(table, folder, data_dir)
+    for name, values in particle_columns.items():
+        particles[name] = np.asarray(values)
+    from cryogmm.io.star import write_particles
+
+    if table.optics is None:
+        write_particles(paths["data"], particles, {"pixel_size_in_angstroms": float(pixel_size_in_angstroms),
+                                                   "image_size": n})
+    else:
+        merged = [c for c in table.optics.columns if c != "rlnOpticsGroup" and c in particles.columns]
+        with atomic_output(paths["data"]) as tmp:
+            starfile.write({"optics": table.optics, "particles": particles.drop(columns=merged)}, tmp)
+    return paths

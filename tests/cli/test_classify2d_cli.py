@@ -1,0 +1,101 @@
+"""`cryogmm classify2d` end to end on simulated phantom particles of three views: the classes, the
+RELION-layout outputs read back by cryogmm's own readers (abinitio's model.star reader, deconvolve's
+particle reader), and the refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cryogmm.cli import main
+from cryogmm.io.classes import read_class_averages
+from cryogmm.io.mrc import read_stack
+from cryogmm.io.pseudoatoms import write_pseudoatoms_pdb
+from cryogmm.io.star import in_plane_poses, read_particles, write_particles
+from cryogmm.metrics.correlation import best_match_correlations
+from cryogmm.mixture import GaussianMixture
+from cryogmm.simulate.phantom import asymmetric_phantom
+
+OUTPUTS = {"run_classes.mrcs", "run_model.star", "run_data.star", "classes.png", "summary.json", "settings.json",
+           "run.log"}
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """3 views x 40 particles of the phantom: 24 px of 5 Å, 12 Å density, SNR 0.5, CTF 1.0-2.5 µm."""
+    folder = tmp_path_factory.mktemp("classify2d_data")
+    coordinates, _ = asymmetric_phantom(2000)
+    model = folder / "phantom.pdb"
+    write_pseudoatoms_pdb(model, GaussianMixture(coordinates, np.full(2000, 1 / 2000), 1.0))
+    assert main(["simulate-images", str(model), "--classes", "3", "--particles-per-class", "40", "--box", "24",
+                 "--pixel-size", "5", "--resolution", "12", "--snr", "0.5", "--max-shift", "4", "--defocus-range",
+                 "1.0", "2.5", "--seed", "4", "--output", str(folder / "sim")]) == 0
+    return folder / "sim"
+
+
+@pytest.fixture(scope="module")
+def classified(simulated, tmp_path_factory):
+    out = tmp_path_factory.mktemp("classify2d_run") / "run 2d"  # a space in the path
+    assert main(["classify2d", str(simulated / "particles.star"), "--classes", "4", "--iterations", "10",
+                 "--psi-step", "10", "--particle-diameter", "110", "--seed", "1", "--quiet", "--output",
+                 str(out)]) == 0
+    return out
+
+
+def test_classify2d_recovers_the_views_and_writes_relion_outputs(simulated, classified):
+    assert OUTPUTS <= {p.name for p in classified.iterdir()}
+    classes = read_class_averages(classified / "run_model.star")
+    assert classes.images.shape == (4, 24, 24) and classes.pixel_size_in_angstroms == pytest.approx(5.0)
+    assert np.isclose(np.nansum(classes.distribution), 1.0)
+    truth = read_stack(simulated / "class_projections.mrcs").data
+    data = read_particles(classified / "run_data.star")
+    found = data.particles["rlnClassNumber"].to_numpy()
+    true = read_particles(simulated / "particles.star").particles["rlnClassNumber"].to_numpy()
+    cc, which = best_match_correlations(classes.images, truth, psi_step_in_degrees=5.0, max_shift_in_pixels=3)
+    occupied = np.bincount(found, minlength=5)[1:] > 0
+    assert set(which[occupied].tolist()) == {0, 1, 2}, (cc, which)
+    assert np.all(cc[occupied] >= 0.9), cc
+    for k in np.flatnonzero(occupied):
+        assert np.mean(true[found == k + 1] == which[k] + 1) >= 0.9
+    # in-plane poses as deconvolve reads them; the stack found from the output folder
+    psi, shifts = in_plane_poses(data.particles, 5.0)
+    assert np.all(np.abs(psi) <= 180) and np.all(np.hypot(*shifts.T) <= 3 * 5.0 + 4.0)
+    assert "rlnAngleTilt" not in data.particles.columns
+    summary = json.loads((classified / "summary.json").read_text())
+    assert summary["n_iterations"] == 10 and sum(summary["class_sizes"]) == 120
+    settings = json.loads((classified / "settings.json").read_text())
+    assert settings["seed"] == 1
+
+
+def test_deconvolve_reads_the_classification(classified, tmp_path):
+    out = tmp_path / "averages.mrcs"
+    assert main(["deconvolve", str(classified / "run_data.star"), "--output", str(out), "--groups", "2"]) == 0
+    assert read_stack(out).data.shape[0] >= 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--classes", "500"], "--classes 500"),
+    (["--classes", "0"], "--classes 0"),
+    (["--classes", "2", "--particle-diameter", "500"], "--particle-diameter"),
+    (["--classes", "2", "--psi-step", "0"], "--psi-step"),
+    (["--classes", "2", "--iterations", "0"], "--iterations"),
+])
+def test_bad_options_are_refused_with_one_line(simulated, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main(["classify2d", str(simulated / "particles.star"), *extra, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_particles_without_ctf_are_refused(simulated, tmp_path, capsys):
+    table = read_particles(simulated / "particles.star")
+    rows = table.particles.drop(columns=[c for c in table.particles.columns if c.startswith("rlnDefocus")])
+    rows["rlnImageName"] = [n.replace("@", f"@{simulated}/", 1) for n in rows["rlnImageName"]]
+    star = tmp_path / "no_ctf.star"
+    write_particles(star, rows, {"pixel_size_in_angstroms": 5.0, "image_size": 24})
+    assert main(["classify2d", str(star), "--classes", "2", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CTF columns" in err[0]

@@ -519,6 +519,30 @@ def update_sigma_offset(shifts_in_pixels: np.ndarray, minimum_in_pixels: float =
     return float(max(np.sqrt(np.mean((t**2).sum(axis=-1)) / 2.0), minimum_in_pixels))
 
 
+def common_translation(rotations: np.ndarray, shifts_in_pixels: np.ndarray) -> np.ndarray:
+    """The 3D translation d (x, y, z) in pixels that the particles' shifts follow in common.
+
+    A map moved by d projects in orientation A to the unmoved map's projection moved by P A d (P
+    keeps x and y), so shifts t_i = s_i + P A_i d describe the same data as the moved map with
+    shifts s_i: the likelihood cannot tell them apart. d is the least-squares fit
+    min_d sum_i |t_i - P A_i d|^2 over the particles.
+    """
+    pa = np.asarray(rotations, dtype=np.float64)[:, :2, :]  # (P, 2, 3)
+    normal = np.einsum("pci,pcj->ij", pa, pa)
+    rhs = np.einsum("pci,pc->i", pa, np.asarray(shifts_in_pixels, dtype=np.float64))
+    return np.linalg.lstsq(normal, rhs, rcond=None)[0]
+
+
+def translate_map(volume: np.ndarray, shift_in_pixels: np.ndarray) -> np.ndarray:
+    """The map moved by (dx, dy, dz) pixels, v'(x) = v(x - d), by a Fourier phase ramp (periodic)."""
+    n = volume.shape[0]
+    d = np.asarray(shift_in_pixels, dtype=np.float64)
+    f = np.fft.fftfreq(n)
+    h = np.fft.rfftfreq(n)
+    ramp = np.exp(-2j * np.pi * (d[2] * f[:, None, None] + d[1] * f[None, :, None] + d[0] * h[None, None, :]))
+    return np.fft.irfftn(np.fft.rfftn(volume) * ramp, s=volume.shape, axes=(0, 1, 2)).astype(volume.dtype)
+
+
 def update_noise_scale(scale: np.ndarray, residual_ratio: np.ndarray, n_pixels: int,
                        min_pixels: int = 100) -> np.ndarray:
     """Each particle's noise power relative to the shell model, from its residuals at its poses.
@@ -643,11 +667,22 @@ def iterate(particles: ParticleData, state: RefineState, settings: RefineSetting
     record["converged"] = converged
     new_radius = min(max(r143 + settings.resolution_margin_in_pixels, radius if not improved else 0.0),
                      _max_radius(n, settings))
+    # fix the translation gauge: the part of each half's shifts that a 3D translation of its map
+    # explains moves into the map (the data are described as well; the frame stays the reference's)
+    references = (maps * mask3).astype(np.float32)
+    drift = np.zeros((2, 3))
+    if not final:
+        for h in (1, 2):
+            rows_h = state.half == h
+            drift[h - 1] = common_translation(rotations[rows_h], shifts[rows_h])
+            shifts[rows_h] -= np.einsum("pci,i->pc", rotations[rows_h][:, :2, :], drift[h - 1])
+            references[h - 1] = translate_map(references[h - 1], drift[h - 1])
+    record["frame_translation_in_angstroms"] = (drift * pixel).tolist()
     new_state = RefineState(
         iteration=state.iteration + 1, half=state.half, rotations=rotations, shifts_in_pixels=shifts,
         max_posterior=max_posterior, n_significant=n_significant, noise_power=noise, noise_scale=noise_scale,
         sigma_offset_in_pixels=update_sigma_offset(shifts),
-        references=(maps * mask3).astype(np.float32), tau2=tau2, radius_in_pixels=float(new_radius),
+        references=references, tau2=tau2, radius_in_pixels=float(new_radius),
         stage_index=stage_index, best_radius_in_pixels=max(state.best_radius_in_pixels, r143),
         history=state.history + [record], converged=converged)
     return new_state, accumulators

@@ -1,0 +1,57 @@
+"""Random-walk Metropolis-Hastings with an adapted proposal width (thesis 5.2.3).
+
+Targets exp(-E(q)) for a flat vector q given `energy(q) -> E`. Isotropic Gaussian proposals of
+width `step_size`; the width is adapted toward a target acceptance during the first
+`adapt_steps` steps and frozen afterwards, as HMC's step size is (samplers.hmc).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from cryogmm.samplers.hmc import adapted_step_size
+
+
+@dataclass(frozen=True)
+class MHState:
+    position: np.ndarray
+    energy: float
+    step_size: float
+    iteration: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomWalkMH:
+    energy: Callable[[np.ndarray], float]
+    adapt_steps: int = 0
+    target_acceptance: float = 0.3
+    adaptation_rate: float = 0.05
+
+    def __post_init__(self):
+        if self.adapt_steps < 0 or not 0 < self.target_acceptance < 1:
+            raise ValueError("adapt_steps >= 0 and 0 < target_acceptance < 1 are required")
+
+    def init(self, rng: np.random.Generator, position, *, step_size: float = 0.1) -> MHState:
+        del rng  # deterministic; kept for the one sampler contract
+        q = np.array(position, dtype=float)
+        return MHState(q, float(self.energy(q)), float(step_size))
+
+    def log_posterior(self, state: MHState) -> float:
+        return -state.energy
+
+    def step(self, rng: np.random.Generator, state: MHState) -> tuple[MHState, dict]:
+        proposal = state.position + state.step_size * rng.standard_normal(state.position.shape)
+        energy = float(self.energy(proposal))
+        acceptance = float(np.exp(min(0.0, state.energy - energy))) if np.isfinite(energy) else 0.0
+        accepted = rng.random() < acceptance
+        iteration = state.iteration + 1
+        step_size = adapted_step_size(state.step_size, acceptance, iteration, adapt_steps=self.adapt_steps,
+                                      target=self.target_acceptance, rate=self.adaptation_rate)
+        info = {"log_posterior": -state.energy, "acceptance": acceptance, "accepted": float(accepted),
+                "step_size": state.step_size}
+        if accepted:
+            return MHState(proposal, energy, step_size, iteration), info
+        return replace(state, step_size=step_size, iteration=iteration), info

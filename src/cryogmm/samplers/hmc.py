@@ -34,6 +34,22 @@ def adapted_step_size(step_size: float, acceptance: float, iteration: int, *, ad
     return float(step_size * np.exp(rate * (acceptance - target)))
 
 
+def metropolis_decision(rng, state, log_ratio: float, sampler) -> tuple[bool, float, dict]:
+    """Accept with probability min(1, exp(log_ratio)); the adapted step size and the step's info.
+
+    `state` has `energy`, `step_size` and `iteration`; `sampler` has `adapt_steps`,
+    `target_acceptance` and `adaptation_rate`. Returns (accepted, next step size, info).
+    """
+    acceptance = float(np.exp(min(0.0, log_ratio))) if np.isfinite(log_ratio) else 0.0
+    accepted = bool(rng.random() < acceptance)
+    step_size = adapted_step_size(state.step_size, acceptance, state.iteration + 1,
+                                  adapt_steps=sampler.adapt_steps, target=sampler.target_acceptance,
+                                  rate=sampler.adaptation_rate)
+    info = {"log_posterior": -state.energy, "acceptance": acceptance, "accepted": float(accepted),
+            "step_size": state.step_size}
+    return accepted, step_size, info
+
+
 @dataclass(frozen=True, kw_only=True)
 class HMC:
     energy_and_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]]
@@ -71,13 +87,8 @@ class HMC:
                 p = p - eps * gradient
         p = p - 0.5 * eps * gradient
         h1 = energy + 0.5 * np.sum(p**2)
-        acceptance = float(np.exp(min(0.0, h0 - h1))) if np.isfinite(h1) else 0.0  # Eqn. 5.24
-        accepted = rng.random() < acceptance
+        accepted, step_size, info = metropolis_decision(rng, state, h0 - h1, self)  # Eqn. 5.24
         iteration = state.iteration + 1
-        step_size = adapted_step_size(state.step_size, acceptance, iteration, adapt_steps=self.adapt_steps,
-                                      target=self.target_acceptance, rate=self.adaptation_rate)
-        info = {"log_posterior": -state.energy, "acceptance": acceptance, "accepted": float(accepted),
-                "step_size": state.step_size}
         if accepted:
             return HMCState(q, float(energy), np.asarray(gradient, dtype=float), step_size, iteration), info
         return replace(state, step_size=step_size, iteration=iteration), info

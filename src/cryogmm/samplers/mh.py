@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from cryogmm.samplers.hmc import adapted_step_size
+from cryogmm.samplers.hmc import metropolis_decision
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,8 @@ class RandomWalkMH:
     def step(self, rng: np.random.Generator, state: MHState) -> tuple[MHState, dict]:
         proposal = state.position + state.step_size * rng.standard_normal(state.position.shape)
         energy = float(self.energy(proposal))
-        acceptance = float(np.exp(min(0.0, state.energy - energy))) if np.isfinite(energy) else 0.0
-        accepted = rng.random() < acceptance
+        accepted, step_size, info = metropolis_decision(rng, state, state.energy - energy, self)
         iteration = state.iteration + 1
-        step_size = adapted_step_size(state.step_size, acceptance, iteration, adapt_steps=self.adapt_steps,
-                                      target=self.target_acceptance, rate=self.adaptation_rate)
-        info = {"log_posterior": -state.energy, "acceptance": acceptance, "accepted": float(accepted),
-                "step_size": state.step_size}
         if accepted:
             return MHState(proposal, energy, step_size, iteration), info
         return replace(state, step_size=step_size, iteration=iteration), info

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from cryogmm.samplers.diagnostics import effective_sample_size
 from cryogmm.samplers.driver import run_chain
 from cryogmm.samplers.hmc import HMC, adapted_step_size
 from cryogmm.samplers.mh import RandomWalkMH
@@ -19,18 +20,6 @@ def _energy(q):
 
 def _energy_and_gradient(q):
     return _energy(q), PRECISION @ (q - MEAN)
-
-
-def effective_sample_size(x):
-    """ESS of a 1D chain by Geyer's initial positive sequence of autocorrelation pairs."""
-    x = np.asarray(x, dtype=float) - np.mean(x)
-    n = x.size
-    spectrum = np.fft.rfft(x, 2 * n)
-    acf = np.fft.irfft(spectrum * np.conj(spectrum))[:n] / (n * np.var(x))
-    pairs = acf[: n - n % 2].reshape(-1, 2).sum(axis=1)
-    first_negative = np.argmax(pairs < 0) if np.any(pairs < 0) else pairs.size
-    tau = -1.0 + 2.0 * np.sum(pairs[:first_negative])
-    return n / max(tau, 1.0 / n)
 
 
 SAMPLERS = {

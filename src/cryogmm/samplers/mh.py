@@ -1,7 +1,8 @@
 """Random-walk Metropolis-Hastings with an adapted proposal width (thesis 5.2.3).
 
-Targets exp(-E(q)) for a flat vector q given `energy(q) -> E`. Isotropic Gaussian proposals of
-width `step_size`; the width is adapted toward a target acceptance during the first
+Targets exp(-E(q)) given `energy(q) -> E`. Isotropic Gaussian proposals of width `step_size`
+on a flat vector q by default, or any symmetric `propose(rng, q, step_size)` (samplers.rotation_mh
+turns rotations); the width is adapted toward a target acceptance during the first
 `adapt_steps` steps and frozen afterwards, as HMC's step size is (samplers.hmc).
 """
 
@@ -29,6 +30,7 @@ class RandomWalkMH:
     adapt_steps: int = 0
     target_acceptance: float = 0.3
     adaptation_rate: float = 0.05
+    propose: Callable[[np.random.Generator, np.ndarray, float], np.ndarray] | None = None
 
     def __post_init__(self):
         if self.adapt_steps < 0 or not 0 < self.target_acceptance < 1:
@@ -43,7 +45,10 @@ class RandomWalkMH:
         return -state.energy
 
     def step(self, rng: np.random.Generator, state: MHState) -> tuple[MHState, dict]:
-        proposal = state.position + state.step_size * rng.standard_normal(state.position.shape)
+        if self.propose is None:
+            proposal = state.position + state.step_size * rng.standard_normal(state.position.shape)
+        else:
+            proposal = self.propose(rng, state.position, state.step_size)
         energy = float(self.energy(proposal))
         accepted, step_size, info = metropolis_decision(rng, state, state.energy - energy, self)
         iteration = state.iteration + 1

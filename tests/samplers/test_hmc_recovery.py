@@ -1,11 +1,13 @@
-"""HMC on the means of a small synthetic mixture with known poses recovers the means."""
+"""Recovery of a known truth: HMC on the means with known poses, rotation moves with known means."""
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from cryogmm.forward.gaussian import energy_and_gradients, predicted_images
 from cryogmm.samplers.driver import run_chain
+from cryogmm.geometry.so3 import mean_rotation, rotation_angle_in_degrees
 from cryogmm.samplers.hmc import HMC
+from cryogmm.samplers.rotation_mh import rotation_mh
 
 
 def test_hmc_recovers_the_means_with_known_rotations():
@@ -36,3 +38,27 @@ def test_hmc_recovers_the_means_with_known_rotations():
     error = np.linalg.norm(posterior_mean - truth, axis=1)
     assert np.all(start_error > 1.0) and np.all(error < 0.2), (error, start_error)
     assert result.traces["acceptance"][150:-1].mean() > 0.5
+
+
+def test_rotation_moves_recover_a_known_rotation():
+    rng = np.random.default_rng(8)
+    coords = (np.arange(16) - 8) * 2.0
+    xx, yy = np.meshgrid(coords, coords)
+    pixels = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    means = np.array([[-6.0, 0.0, 2.0], [5.0, 3.0, -1.0], [0.0, -6.0, 4.0], [2.0, 2.0, 7.0]])
+    truth = Rotation.from_euler("ZYZ", [30, 50, 10], degrees=True).as_matrix()
+    options = dict(scale=1.0, size=0.15)
+    image = predicted_images(pixels, means, truth[None], np.zeros((1, 2)), **options)
+    image = image + rng.normal(scale=0.05, size=image.shape)
+
+    def energy(rotation):
+        return energy_and_gradients(image, pixels, means, rotation[None], np.zeros((1, 2)),
+                                    noise_precision=400.0, mean_precision=0.0, **options)[0]
+
+    start = Rotation.from_rotvec(np.radians(15.0) * np.array([0.6, 0.0, 0.8])).as_matrix() @ truth
+    sampler = rotation_mh(energy, adapt_steps=300)
+    samples = []
+    run_chain(sampler, rng, sampler.init(rng, start, step_size=0.05), 1500, burn_in=500, thin=5,
+              on_sample=lambda i, s: samples.append(s.position))
+    assert rotation_angle_in_degrees(start, truth) > 14.9
+    assert rotation_angle_in_degrees(mean_rotation(np.array(samples)), truth) < 1.0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cryogmm.forward.gaussian import energy_and_gradients, predicted_images
+from cryogmm.forward.gaussian import energy_and_gradients, energy_and_gradients_on_grid, predicted_images
 
 N_IMAGES, N_COMPONENTS, BOX, PIXEL = 3, 4, 12, 2.0
 
@@ -96,3 +96,16 @@ def test_prediction_is_a_sum_of_projected_gaussians():
                              scale=2.0, size=0.1)[0].reshape(BOX, BOX)
     assert image[BOX // 2, BOX // 2] == pytest.approx(2.0)
     assert image[BOX // 2, BOX // 2 + 1] == pytest.approx(2.0 * np.exp(-0.05 * PIXEL**2))
+
+
+def test_grid_kernel_energy_matches_the_numpy_reference():
+    images, pixels, params, options = _problem()
+    energy, gradients = energy_and_gradients(images, pixels, params["means"], params["rotations"],
+                                             params["translations"], **options)
+    origin = np.array([-(BOX // 2) * PIXEL, -(BOX // 2) * PIXEL])
+    grid_energy, grid_gradients = energy_and_gradients_on_grid(
+        images.reshape(N_IMAGES, BOX, BOX), origin, PIXEL, params["means"], params["rotations"],
+        params["translations"], cutoff_sigmas=40.0, **options)
+    assert grid_energy == pytest.approx(energy, rel=1e-12)
+    for block in ("means", "rotations", "translations", "size", "noise_precision"):
+        np.testing.assert_allclose(getattr(grid_gradients, block), getattr(gradients, block), rtol=1e-9)

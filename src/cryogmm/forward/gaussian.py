@@ -8,8 +8,9 @@ with Gaussian noise of precision ``beta`` (Eqn. 5.1), a Gaussian prior of precis
 means (Eqn. 5.5) and a Gamma(a_beta, b_beta) prior on ``beta`` (Eqn. 5.7). The energy is
 E = -log p(theta | D) up to a constant (Eqns. 5.14-5.17); its gradients follow appendix D.
 
-This module evaluates every pixel against every component with vectorised numpy (memory
-N x P x K); the k-sigma cut-off numba kernels of issue 10 are still to come.
+`energy_and_gradients` evaluates every pixel against every component with vectorised numpy
+(memory N x P x K; the reference); `energy_and_gradients_on_grid` uses the numba kernel of
+`cryogmm.kernels.gaussian_noise` with a k-sigma cut-off.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from cryogmm.kernels.gaussian_noise import residual_and_centre_gradients_kernel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,25 +76,53 @@ def energy_and_gradients(images, pixels_in_angstroms, means, rotations, translat
     -------
     (energy, GaussianNoiseGradients)
     """
-    beta = noise_precision
     centres = _projected_centres(means, rotations, translations)
     diff, v = _components(pixels_in_angstroms, centres, size)
     residual = images - scale * v.sum(axis=2)
+    weighted = residual[:, :, None] * v
+    centre_sums = size * np.einsum("npk,npkc->nkc", weighted, diff)
+    size_sum = 0.5 * float(np.sum(weighted * np.einsum("npkc,npkc->npk", diff, diff)))
+    return _assemble(residual, centre_sums, size_sum, means, rotations, scale=scale,
+                     noise_precision=noise_precision, mean_precision=mean_precision,
+                     a_beta=a_beta, b_beta=b_beta)
+
+
+def energy_and_gradients_on_grid(images, origin_in_angstroms, pixel_size_in_angstroms, means, rotations,
+                                 translations, *, scale, size, noise_precision, mean_precision,
+                                 a_beta=1.0, b_beta=0.0, cutoff_sigmas=4.0):
+    """`energy_and_gradients` for images (N, ny, nx) on a regular grid, by the numba kernel.
+
+    origin_in_angstroms : (x, y) of pixel [0, 0]; each component is evaluated within
+    `cutoff_sigmas` standard deviations of its projected centre.
+    """
+    images = np.ascontiguousarray(images, dtype=np.float64)
+    centres = np.ascontiguousarray(_projected_centres(means, rotations, translations))
+    residual, centre_sums, size_sums = np.empty_like(images), np.empty_like(centres), np.empty(len(images))
+    residual_and_centre_gradients_kernel(images, centres, float(scale), float(size),
+                                         np.asarray(origin_in_angstroms, dtype=np.float64),
+                                         float(pixel_size_in_angstroms), float(cutoff_sigmas),
+                                         residual, centre_sums, size_sums)
+    return _assemble(residual, centre_sums, float(size_sums.sum()), means, rotations, scale=scale,
+                     noise_precision=noise_precision, mean_precision=mean_precision,
+                     a_beta=a_beta, b_beta=b_beta)
+
+
+def _assemble(residual, centre_sums, size_sum, means, rotations, *, scale, noise_precision,
+              mean_precision, a_beta, b_beta):
+    """Energy and gradients from the residual, sum_j e v s (x - c) per centre and sum_j e v |x - c|^2 / 2."""
+    beta = noise_precision
     n_values = residual.size
     energy = (0.5 * beta * np.sum(residual**2) - 0.5 * n_values * np.log(beta)
               + 0.5 * mean_precision * np.sum(means**2)
               - (a_beta - 1.0) * np.log(beta) + b_beta * beta)
     # dE/d centre_ik = -beta lam s sum_j e_ij v_ijk (x_ij - centre_ik)
-    weighted = residual[:, :, None] * v
-    d_centres = -beta * scale * size * np.einsum("npk,npkc->nkc", weighted, diff)
+    d_centres = -beta * scale * centre_sums
     d_centres_3d = np.concatenate([d_centres, np.zeros(d_centres.shape[:2] + (1,))], axis=2)
     d_means = np.einsum("nba,nkb->ka", rotations, d_centres_3d) + mean_precision * means
     rotated = np.einsum("nab,kb->nka", rotations, means)
     # d(R mu)/dw = w x (R mu), so dE/dw_i = sum_k (R_i mu_k) x (Po^T dE/dcentre_ik)
     d_rotations = np.cross(rotated, d_centres_3d).sum(axis=1)
-    squared = np.einsum("npkc,npkc->npk", diff, diff)
-    d_size = float(beta * scale * 0.5 * np.sum(weighted * squared))
     d_beta = float(0.5 * np.sum(residual**2) - (0.5 * n_values + a_beta - 1.0) / beta + b_beta)
     return float(energy), GaussianNoiseGradients(
         means=d_means, rotations=d_rotations, translations=d_centres.sum(axis=1),
-        size=d_size, noise_precision=d_beta)
+        size=float(beta * scale * size_sum), noise_precision=d_beta)

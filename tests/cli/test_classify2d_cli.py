@@ -19,7 +19,7 @@ from cryogmm.mixture import GaussianMixture
 from cryogmm.simulate.phantom import asymmetric_phantom
 
 OUTPUTS = {"run_classes.mrcs", "run_model.star", "run_data.star", "classes.png", "summary.json", "settings.json",
-           "run.log"}
+           "run.log", "selected_classes.mrcs", "selected_model.star", "selected_data.star"}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,31 @@ def test_classify2d_recovers_the_views_and_writes_relion_outputs(simulated, clas
     assert settings["seed"] == 1
 
 
+def test_default_selection_keeps_every_view_and_writes_the_subset(simulated, classified):
+    summary = json.loads((classified / "summary.json").read_text())
+    selection = summary["selection"]
+    sizes = np.array(summary["class_sizes"])
+    kept = np.array([c["kept"] for c in selection["classes"]])
+    assert selection["rules"] == ["size>=1", "size>=0.2xmean", "resolution<=2xbest"]
+    assert np.all(sizes[kept] >= 0.2 * sizes.sum() / sizes.size) and selection["n_kept_particles"] == sizes[kept].sum()
+    # the kept classes still cover the three true views
+    truth = read_stack(simulated / "class_projections.mrcs").data
+    chosen = read_class_averages(classified / "selected_model.star")
+    everything = read_class_averages(classified / "run_model.star")
+    assert np.array_equal(chosen.images, everything.images[kept])
+    cc, which = best_match_correlations(chosen.images, truth, psi_step_in_degrees=5.0, max_shift_in_pixels=3)
+    assert set(which.tolist()) == {0, 1, 2} and np.all(cc >= 0.9), (cc, which)
+    # selected_data.star: the particles of the kept classes, renumbered like selected_model.star
+    full = read_particles(classified / "run_data.star").particles
+    part = read_particles(classified / "selected_data.star").particles
+    original = np.flatnonzero(kept)[part["rlnClassNumber"].to_numpy() - 1] + 1
+    in_kept = np.isin(full["rlnClassNumber"].to_numpy(), np.flatnonzero(kept) + 1)
+    assert len(part) == in_kept.sum() == selection["n_kept_particles"]
+    assert np.array_equal(original, full["rlnClassNumber"].to_numpy()[in_kept])
+    assert np.allclose(part["rlnAnglePsi"], full["rlnAnglePsi"].to_numpy()[in_kept])
+    assert read_stack(classified / part["rlnImageName"].iloc[0].split("@")[1]).data.shape[1:] == (24, 24)
+
+
 def test_deconvolve_reads_the_classification(classified, tmp_path):
     out = tmp_path / "averages.mrcs"
     assert main(["deconvolve", str(classified / "run_data.star"), "--output", str(out), "--groups", "2"]) == 0
@@ -81,6 +106,7 @@ def test_deconvolve_reads_the_classification(classified, tmp_path):
     (["--classes", "2", "--particle-diameter", "500"], "--particle-diameter"),
     (["--classes", "2", "--psi-step", "0"], "--psi-step"),
     (["--classes", "2", "--iterations", "0"], "--iterations"),
+    (["--classes", "2", "--select", "size>>3"], "--select 'size>>3': not a rule"),
 ])
 def test_bad_options_are_refused_with_one_line(simulated, tmp_path, capsys, extra, message):
     out = tmp_path / "out"

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.pipelines.select_classes import DEFAULT_RULES
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="E-step tasks run in this many local processes (default 1: in this process)")
     parser.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
                         help="run the E-step tasks on an existing Dask cluster (needs dask.distributed)")
+    parser.add_argument("--select", default="default", metavar="RULES",
+                        help="class selection rules, comma-separated QUANTITY OP VALUE with quantities size, fraction, "
+                             "resolution (Å) and rank; a value may be a multiple of the mean class size (0.2xmean) "
+                             "or of the best class resolution (2xbest); 'none' keeps every class (default: "
+                             f"{DEFAULT_RULES}); the kept classes and their particles go to selected_*.star")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded)")
     parser.add_argument("--output", "-o", type=Path, required=True, help="output folder")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -115,19 +121,22 @@ def main(args: argparse.Namespace) -> int:
     from cryogmm.io.runs import RunFolder
     from cryogmm.pipelines import classify2d as c2d
     from cryogmm.pipelines.refine import ParticleData
+    from cryogmm.pipelines.select_classes import parse_rules
 
     setup_logging(verbose=args.verbose)
     executor = None
     try:
         checkpoints = CheckpointFolder(checkpoint_dir_for(args.output))
         check_resume(checkpoints, args.output, args.resume, args.force)
+        rules = parse_rules(args.select)
         table, ctf, reader, pixel = read_ctf_particles(args, "classify2d")
         n_particles, box = len(reader), reader.box
         settings = build_settings(args, pixel, box, n_particles)
         reader.check_finite(args.star)
         seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
         record = {"star": str(args.star), "seed": seed, "n_particles": n_particles, "box": box,
-                  "pixel_size_in_angstroms": pixel, **c2d.settings_dict(settings)}
+                  "pixel_size_in_angstroms": pixel, **c2d.settings_dict(settings),
+                  "select": [str(r) for r in rules]}
         executor = _executor(args)
         checkpoints.start(record, resume=args.resume)
         run = RunFolder(args.output, force=args.force or args.resume)
@@ -166,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
                 where = f"after iteration {int(c2d.state_from_arrays(done).iteration)}" if done else "before iteration 1"
                 raise KeyboardInterrupt(f"the checkpoints in {checkpoints.path} ({where}) are kept: run the same "
                                         "command with --resume to continue") from None
-            write_outputs(folder, args, table, result, settings, pixel, seed, record)
+            write_outputs(folder, args, table, result, settings, pixel, seed, record, rules)
             log.info("wrote %s", args.output)
         checkpoints.remove()
     finally:
@@ -175,8 +184,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_outputs(folder: Path, args, table, result, settings, pixel: float, seed: int, record: dict) -> dict:
-    from cryogmm.io.classes import write_classification
+def write_outputs(folder: Path, args, table, result, settings, pixel: float, seed: int, record: dict,
+                  rules=()) -> dict:
+    from cryogmm.io.classes import write_classification, write_selected_classes
+    from cryogmm.pipelines.select_classes import select_classes
     from cryogmm.io.runs import write_json, write_settings
     from cryogmm.report.classify2d import plot_class_gallery
 
@@ -190,29 +201,47 @@ def write_outputs(folder: Path, args, table, result, settings, pixel: float, see
                                if members[c] else np.nan for c in range(k)])
     best = np.min(state.class_resolution_in_angstroms) if k else np.inf
     psi = (state.psi_in_degrees + 180.0) % 360.0 - 180.0
-    write_classification(
-        folder, table, classes=state.classes, distribution=state.class_fractions,
-        resolution_in_angstroms=state.class_resolution_in_angstroms, accuracy_rotations_in_degrees=accuracy_rot,
-        accuracy_translations_in_angstroms=accuracy_shift, current_resolution_in_angstroms=best,
-        pixel_size_in_angstroms=pixel, tau2_fudge=settings.tau2_fudge, data_dir=args.data_dir,
-        particle_columns={"rlnClassNumber": state.class_index + 1, "rlnAnglePsi": psi,
-                          "rlnOriginXAngst": -state.shifts_in_pixels[:, 0] * pixel,
-                          "rlnOriginYAngst": -state.shifts_in_pixels[:, 1] * pixel,
-                          "rlnMaxValueProbDistribution": state.max_posterior,
-                          "rlnNrOfSignificantSamples": state.n_significant})
+    common = dict(resolution_in_angstroms=state.class_resolution_in_angstroms,
+                  accuracy_rotations_in_degrees=accuracy_rot, accuracy_translations_in_angstroms=accuracy_shift,
+                  current_resolution_in_angstroms=best, pixel_size_in_angstroms=pixel, tau2_fudge=settings.tau2_fudge,
+                  data_dir=args.data_dir)
+    particle_columns = {"rlnClassNumber": state.class_index + 1, "rlnAnglePsi": psi,
+                        "rlnOriginXAngst": -state.shifts_in_pixels[:, 0] * pixel,
+                        "rlnOriginYAngst": -state.shifts_in_pixels[:, 1] * pixel,
+                        "rlnMaxValueProbDistribution": state.max_posterior,
+                        "rlnNrOfSignificantSamples": state.n_significant}
+    write_classification(folder, table, classes=state.classes, distribution=state.class_fractions,
+                         particle_columns=particle_columns, **common)
+    selection = select_classes(members, state.class_resolution_in_angstroms, rules)
+    if selection.empty:
+        log.warning("warning: no class passes --select %s: selected_*.star not written (run again with --resume "
+                    "is not possible after a finished run; loosen the rules with `cryogmm run --resume`)",
+                    ",".join(map(str, rules)))
+    else:
+        write_selected_classes(folder, table, selection.kept, state.class_index, classes=state.classes,
+                               distribution=state.class_fractions, particle_columns=particle_columns, **common)
     order = plot_class_gallery(state.classes, state.class_fractions, state.class_resolution_in_angstroms, pixel,
-                               folder / "classes.png", title=f"{args.star.name}: {k} classes")
+                               folder / "classes.png", kept=selection.kept,
+                               title=f"{args.star.name}: {k} classes ({int(selection.kept.sum())} selected: "
+                                     f"{', '.join(map(str, rules)) or 'all'})")
     timings = dict(result.timings_in_seconds, outputs=time.perf_counter() - start)
     summary = {"star": str(args.star), "seed": seed, "n_particles": int(state.class_index.size),
                "box": int(state.classes.shape[-1]), "pixel_size_in_angstroms": pixel, "n_classes": k,
                "class_sizes": members.tolist(), "class_distribution": state.class_fractions.tolist(),
                "class_resolution_in_angstroms": [None if not np.isfinite(r) else float(r)
                                                  for r in state.class_resolution_in_angstroms],
-               "classes_by_size": order, "n_iterations": state.iteration, "iterations": state.history,
+               "classes_by_size": order,
+               "selection": selection.as_dict(members, state.class_resolution_in_angstroms),
+               "n_iterations": state.iteration, "iterations": state.history,
                "timings_in_seconds": timings}
     write_json(folder / "summary.json", summary)
     write_settings(folder, "classify2d", {**{k_: v for k_, v in vars(args).items() if not k_.startswith("_")},
                                           **record}, seed)
+    log.info("selection (%s): %d of %d classes kept with %d of %d particles (selected_data.star, "
+             "selected_model.star)%s", ", ".join(map(str, rules)) or "none", int(selection.kept.sum()), k,
+             summary["selection"]["n_kept_particles"], int(members.sum()),
+             "".join(f"; class {c + 1} dropped ({', '.join(selection.reasons[c])})"
+                     for c in np.flatnonzero(~selection.kept)))
     log.info("%d classes hold particles (largest %d particles); best class %s; %d iterations; %.1f s",
              int(np.count_nonzero(members)), int(members.max()),
              "-" if not np.isfinite(best) else f"{best:.1f} Å", state.iteration, timings["total"])

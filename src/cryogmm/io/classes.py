@@ -337,3 +337,28 @@ def write_classification(folder: str | os.PathLike, table: ParticleTable, *, cla
         with atomic_output(paths["data"]) as tmp:
             starfile.write({"optics": table.optics, "particles": particles.drop(columns=merged)}, tmp)
     return paths
+
+
+def write_selected_classes(folder: str | os.PathLike, table: ParticleTable, kept: np.ndarray, class_index: np.ndarray,
+                           *, classes: np.ndarray, distribution: np.ndarray, resolution_in_angstroms: np.ndarray,
+                           accuracy_rotations_in_degrees: np.ndarray, accuracy_translations_in_angstroms: np.ndarray,
+                           particle_columns: dict, prefix: str = "selected", **options) -> dict[str, Path]:
+    """The kept classes of a classification and their particles, in the layout of `write_classification`.
+
+    `kept` (K,) bool selects classes; `class_index` (P,) is each particle's class (0-based). The
+    kept classes are renumbered 1..K' in their order, in `{prefix}_model.star` and in the
+    particles' rlnClassNumber of `{prefix}_data.star`, which hold only the particles of kept classes.
+    """
+    kept = np.asarray(kept, dtype=bool)
+    class_index = np.asarray(class_index)
+    members = kept[class_index]
+    new_numbers = np.cumsum(kept)  # class c (0-based, kept) -> its 1-based number among the kept
+    subset = dataclasses.replace(table, particles=table.particles.loc[members].reset_index(drop=True))
+    columns = {name: np.asarray(values)[members] for name, values in particle_columns.items()}
+    columns["rlnClassNumber"] = new_numbers[class_index[members]]
+    return write_classification(
+        folder, subset, classes=np.asarray(classes)[kept], distribution=np.asarray(distribution)[kept],
+        resolution_in_angstroms=np.asarray(resolution_in_angstroms)[kept],
+        accuracy_rotations_in_degrees=np.asarray(accuracy_rotations_in_degrees)[kept],
+        accuracy_translations_in_angstroms=np.asarray(accuracy_translations_in_angstroms)[kept],
+        particle_columns=columns, prefix=prefix, **options)

@@ -13,8 +13,9 @@ from cryogmm.report.plots import _save, scale_bar
 
 def plot_class_gallery(classes: np.ndarray, distribution: np.ndarray, resolution_in_angstroms: np.ndarray,
                        pixel_size_in_angstroms: float, path: str | os.PathLike, *, columns: int = 10,
-                       title: str = "") -> list[int]:
-    """Class images (K, n, n) largest class first, each titled with its number, share and resolution.
+                       title: str = "", kept: np.ndarray | None = None) -> list[int]:
+    """Class images (K, n, n) largest class first, each titled with its number, share and resolution;
+    with `kept` ((K,) bool, a class selection) the dropped classes are titled in red and crossed out.
 
     Returns the class numbers (1-based) in the order shown.
     """
@@ -28,8 +29,15 @@ def plot_class_gallery(classes: np.ndarray, distribution: np.ndarray, resolution
         image = classes[c]
         ax.imshow(image, cmap="gray", origin="lower", vmin=np.percentile(image, 1), vmax=np.percentile(image, 99.5))
         res = resolution_in_angstroms[c]
-        ax.set_title(f"{c + 1}: {100 * distribution[c]:.1f}%\n" + (f"{res:.1f} Å" if np.isfinite(res) else "—"),
-                     fontsize=6)
+        dropped = kept is not None and not kept[c]
+        ax.set_title(f"{c + 1}: {100 * distribution[c]:.1f}%\n" + (f"{res:.1f} Å" if np.isfinite(res) else "—")
+                     + (" (dropped)" if dropped else ""), fontsize=6, color="tab:red" if dropped else "black")
+        if dropped:
+            n = image.shape[-1] - 1
+            ax.plot([0, n], [0, n], color="tab:red", lw=0.8)
+            ax.plot([0, n], [n, 0], color="tab:red", lw=0.8)
+            ax.set_xlim(-0.5, n + 0.5)
+            ax.set_ylim(-0.5, n + 0.5)
         ax.set_xticks([])
         ax.set_yticks([])
         if i == 0:

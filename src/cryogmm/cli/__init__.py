@@ -30,6 +30,7 @@ COMMANDS = {
     "prepare": "prepare",
     "refine": "refine",
     "classify2d": "classify2d",
+    "run": "run",
 }
 
 EXIT_BAD_INPUT = 2

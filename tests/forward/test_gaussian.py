@@ -9,7 +9,7 @@ from cryogmm.forward.gaussian import energy_and_gradients, energy_and_gradients_
 N_IMAGES, N_COMPONENTS, BOX, PIXEL = 3, 4, 12, 2.0
 
 
-def _problem():
+def _problem(per_image=False):
     rng = np.random.default_rng(7)
     coords = (np.arange(BOX) - BOX // 2) * PIXEL
     xx, yy = np.meshgrid(coords, coords)
@@ -25,6 +25,8 @@ def _problem():
                   @ rotations,
                   translations=translations + rng.normal(scale=0.3, size=translations.shape))
     options = dict(scale=1.3, size=0.07, noise_precision=50.0, mean_precision=0.01, a_beta=2.0, b_beta=0.5)
+    if per_image:  # one weight and one noise precision per image
+        options.update(scale=np.array([1.3, 0.9, 1.6]), noise_precision=np.array([50.0, 20.0, 80.0]))
     return images, pixels, params, options
 
 
@@ -49,9 +51,10 @@ def _relative_error(analytic, numeric):
     return np.max(np.abs(analytic - numeric)) / np.max(np.abs(numeric))
 
 
+@pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("block", ["means", "translations", "rotations", "size", "noise_precision"])
-def test_gradient_matches_finite_differences(block):
-    images, pixels, params, options = _problem()
+def test_gradient_matches_finite_differences(block, per_image):
+    images, pixels, params, options = _problem(per_image)
     _, gradients = energy_and_gradients(images, pixels, params["means"], params["rotations"],
                                         params["translations"], **options)
     if block in ("means", "translations"):
@@ -68,22 +71,27 @@ def test_gradient_matches_finite_differences(block):
 
         numeric = _central_difference(function, np.zeros((N_IMAGES, 3)), 1e-6)
     else:
-        def function(flat):
-            return _energy(images, pixels, params, {**options, block: flat[0]})
+        value = np.asarray(options[block], dtype=float)
 
-        numeric = _central_difference(function, [options[block]], 1e-6 * options[block])
+        def function(flat):
+            return _energy(images, pixels, params, {**options, block: flat.reshape(value.shape)})
+
+        numeric = _central_difference(function, value, 1e-6 * float(np.min(value)))
     error = _relative_error(getattr(gradients, block), numeric)
     assert error < 1e-5, error
 
 
-def test_energy_is_the_negative_log_posterior():
-    images, pixels, params, options = _problem()
+@pytest.mark.parametrize("per_image", [False, True])
+def test_energy_is_the_negative_log_posterior(per_image):
+    images, pixels, params, options = _problem(per_image)
     predicted = predicted_images(pixels, params["means"], params["rotations"], params["translations"],
                                  scale=options["scale"], size=options["size"])
-    beta = options["noise_precision"]
-    expected = (0.5 * beta * np.sum((images - predicted) ** 2) - 0.5 * images.size * np.log(beta)
+    beta = np.broadcast_to(options["noise_precision"], (N_IMAGES,))
+    a, b = options["a_beta"], options["b_beta"]
+    gamma_terms = (a - 1) * np.log(beta) - b * beta  # one Gamma prior per beta
+    expected = (0.5 * np.sum(beta[:, None] * (images - predicted) ** 2) - 0.5 * images.shape[1] * np.sum(np.log(beta))
                 + 0.5 * options["mean_precision"] * np.sum(params["means"] ** 2)
-                - (options["a_beta"] - 1) * np.log(beta) + options["b_beta"] * beta)
+                - (gamma_terms.sum() if per_image else gamma_terms[0]))
     assert _energy(images, pixels, params, options) == pytest.approx(expected, rel=1e-12)
 
 
@@ -98,8 +106,9 @@ def test_prediction_is_a_sum_of_projected_gaussians():
     assert image[BOX // 2, BOX // 2 + 1] == pytest.approx(2.0 * np.exp(-0.05 * PIXEL**2))
 
 
-def test_grid_kernel_energy_matches_the_numpy_reference():
-    images, pixels, params, options = _problem()
+@pytest.mark.parametrize("per_image", [False, True])
+def test_grid_kernel_energy_matches_the_numpy_reference(per_image):
+    images, pixels, params, options = _problem(per_image)
     energy, gradients = energy_and_gradients(images, pixels, params["means"], params["rotations"],
                                              params["translations"], **options)
     origin = np.array([-(BOX // 2) * PIXEL, -(BOX // 2) * PIXEL])

@@ -7,6 +7,8 @@ Image i, pixel j at position ``x_ij`` (Å, ``(x, y)``) is modelled as (Eqn. 5.2)
 with Gaussian noise of precision ``beta`` (Eqn. 5.1), a Gaussian prior of precision ``r`` on the
 means (Eqn. 5.5) and a Gamma(a_beta, b_beta) prior on ``beta`` (Eqn. 5.7). The energy is
 E = -log p(theta | D) up to a constant (Eqns. 5.14-5.17); its gradients follow appendix D.
+``lam`` and ``beta`` are scalars or one per image (N,) (the per-image scale and noise level that
+thesis 5.2.3 and 5.2.5 mention); the Gamma prior then applies to each beta_i.
 
 `energy_and_gradients` evaluates every pixel against every component with vectorised numpy
 (memory N x P x K; the reference); `energy_and_gradients_on_grid` uses the numba kernel of
@@ -28,7 +30,7 @@ class GaussianNoiseGradients:
 
     means: (K, 3); rotations: (N, 3), in exponential coordinates about the current rotation,
     R_i <- expm([w_i]_x) R_i at w_i = 0 (Eqns. 5.26-5.27); translations: (N, 2);
-    size: scalar dE/ds; noise_precision: scalar dE/dbeta.
+    size: scalar dE/ds; noise_precision: dE/dbeta, scalar or (N,) as beta was given.
     """
 
     means: np.ndarray
@@ -54,7 +56,12 @@ def _components(pixels_in_angstroms, centres, size):
 def predicted_images(pixels_in_angstroms, means, rotations, translations, *, scale, size):
     """Eqn. 5.2: (N, P) predicted pixel values for P pixel positions (P, 2) in Å."""
     _, v = _components(pixels_in_angstroms, _projected_centres(means, rotations, translations), size)
-    return scale * v.sum(axis=2)
+    return _per_image(scale, len(rotations))[:, None] * v.sum(axis=2)
+
+
+def _per_image(value, n_images):
+    """A scalar or (N,) parameter as an (N,) float64 array."""
+    return np.broadcast_to(np.asarray(value, dtype=np.float64), (n_images,))
 
 
 def energy_and_gradients(images, pixels_in_angstroms, means, rotations, translations, *, scale,
@@ -68,8 +75,8 @@ def energy_and_gradients(images, pixels_in_angstroms, means, rotations, translat
     means : (K, 3) component means in Å.
     rotations : (N, 3, 3) rotation matrices R_i.
     translations : (N, 2) in-plane shifts t_i in Å.
-    scale, size : lam and s of Eqn. 5.2 (s in 1/Å²).
-    noise_precision, mean_precision : beta and r.
+    scale, size : lam (scalar or (N,)) and s of Eqn. 5.2 (s in 1/Å²).
+    noise_precision, mean_precision : beta (scalar or (N,)) and r.
     a_beta, b_beta : Gamma prior on beta (Eqn. 5.7).
 
     Returns
@@ -78,10 +85,10 @@ def energy_and_gradients(images, pixels_in_angstroms, means, rotations, translat
     """
     centres = _projected_centres(means, rotations, translations)
     diff, v = _components(pixels_in_angstroms, centres, size)
-    residual = images - scale * v.sum(axis=2)
+    residual = images - _per_image(scale, len(rotations))[:, None] * v.sum(axis=2)
     weighted = residual[:, :, None] * v
     centre_sums = size * np.einsum("npk,npkc->nkc", weighted, diff)
-    size_sum = 0.5 * float(np.sum(weighted * np.einsum("npkc,npkc->npk", diff, diff)))
+    size_sum = 0.5 * np.sum(weighted * np.einsum("npkc,npkc->npk", diff, diff), axis=(1, 2))
     return _assemble(residual, centre_sums, size_sum, means, rotations, scale=scale,
                      noise_precision=noise_precision, mean_precision=mean_precision,
                      a_beta=a_beta, b_beta=b_beta)
@@ -98,31 +105,39 @@ def energy_and_gradients_on_grid(images, origin_in_angstroms, pixel_size_in_angs
     images = np.ascontiguousarray(images, dtype=np.float64)
     centres = np.ascontiguousarray(_projected_centres(means, rotations, translations))
     residual, centre_sums, size_sums = np.empty_like(images), np.empty_like(centres), np.empty(len(images))
-    residual_and_centre_gradients_kernel(images, centres, float(scale), float(size),
+    residual_and_centre_gradients_kernel(images, centres, _per_image(scale, len(images)).copy(), float(size),
                                          np.asarray(origin_in_angstroms, dtype=np.float64),
                                          float(pixel_size_in_angstroms), float(cutoff_sigmas),
                                          residual, centre_sums, size_sums)
-    return _assemble(residual, centre_sums, float(size_sums.sum()), means, rotations, scale=scale,
+    return _assemble(residual, centre_sums, size_sums, means, rotations, scale=scale,
                      noise_precision=noise_precision, mean_precision=mean_precision,
                      a_beta=a_beta, b_beta=b_beta)
 
 
-def _assemble(residual, centre_sums, size_sum, means, rotations, *, scale, noise_precision,
+def _assemble(residual, centre_sums, size_sums, means, rotations, *, scale, noise_precision,
               mean_precision, a_beta, b_beta):
-    """Energy and gradients from the residual, sum_j e v s (x - c) per centre and sum_j e v |x - c|^2 / 2."""
-    beta = noise_precision
-    n_values = residual.size
-    energy = (0.5 * beta * np.sum(residual**2) - 0.5 * n_values * np.log(beta)
+    """Energy and gradients from the residual (N, ...), sum_j e v s (x - c) per centre (N, K, 2)
+    and sum_j e v |x - c|^2 / 2 per image (N,)."""
+    n_images = len(rotations)
+    beta, lam = _per_image(noise_precision, n_images), _per_image(scale, n_images)
+    squares = np.sum(residual.reshape(n_images, -1) ** 2, axis=1)
+    n_values = residual.size // n_images
+    shared = np.ndim(noise_precision) == 0  # one beta with one Gamma prior, or one per image
+    log_prior_beta = (a_beta - 1.0) * np.log(beta) - b_beta * beta
+    energy = (0.5 * float(beta @ squares) - 0.5 * n_values * float(np.sum(np.log(beta)))
               + 0.5 * mean_precision * np.sum(means**2)
-              - (a_beta - 1.0) * np.log(beta) + b_beta * beta)
-    # dE/d centre_ik = -beta lam s sum_j e_ij v_ijk (x_ij - centre_ik)
-    d_centres = -beta * scale * centre_sums
+              - (float(log_prior_beta[0]) if shared else float(log_prior_beta.sum())))
+    # dE/d centre_ik = -beta_i lam_i s sum_j e_ij v_ijk (x_ij - centre_ik)
+    d_centres = -(beta * lam)[:, None, None] * centre_sums
     d_centres_3d = np.concatenate([d_centres, np.zeros(d_centres.shape[:2] + (1,))], axis=2)
     d_means = np.einsum("nba,nkb->ka", rotations, d_centres_3d) + mean_precision * means
     rotated = np.einsum("nab,kb->nka", rotations, means)
     # d(R mu)/dw = w x (R mu), so dE/dw_i = sum_k (R_i mu_k) x (Po^T dE/dcentre_ik)
     d_rotations = np.cross(rotated, d_centres_3d).sum(axis=1)
-    d_beta = float(0.5 * np.sum(residual**2) - (0.5 * n_values + a_beta - 1.0) / beta + b_beta)
+    if shared:
+        d_beta = float(0.5 * squares.sum() - (0.5 * residual.size + a_beta - 1.0) / beta[0] + b_beta)
+    else:
+        d_beta = 0.5 * squares - (0.5 * n_values + a_beta - 1.0) / beta + b_beta
     return float(energy), GaussianNoiseGradients(
         means=d_means, rotations=d_rotations, translations=d_centres.sum(axis=1),
-        size=float(beta * scale * size_sum), noise_precision=d_beta)
+        size=float(np.sum(beta * lam * np.asarray(size_sums))), noise_precision=d_beta)

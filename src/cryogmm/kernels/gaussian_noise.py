@@ -1,7 +1,9 @@
 """Numba kernels of the Gaussian-noise model (thesis chapter 5) with a k-sigma cut-off.
 
 Each component is evaluated only on the pixels within `cutoff_sigmas / sqrt(s)` of its
-projected centre; images run in parallel threads.
+projected centre; images run in parallel threads. An isotropic Gaussian factorises,
+exp(-s/2 (dx^2 + dy^2)) = exp(-s/2 dx^2) exp(-s/2 dy^2), so each component costs one
+exponential per row and per column of its square, and a product per pixel.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numba
+import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
@@ -18,10 +21,44 @@ def _pixel_range(centre, reach, spacing, n):
             min(n - 1, int(math.floor((centre + reach) / spacing))))
 
 
+@numba.njit(nogil=True, cache=True)
+def _factors(centre, origin, spacing, size, reach, n, out_d, out_e):
+    """Pixel range (first, last) within `reach` of `centre` along one axis; out_d[j] = x_j - centre
+    and out_e[j] = exp(-s/2 out_d[j]^2) for j in that range."""
+    first, last = _pixel_range(centre - origin, reach, spacing, n)
+    for j in range(first, last + 1):
+        d = origin + j * spacing - centre
+        out_d[j] = d
+        out_e[j] = math.exp(-0.5 * size * d * d)
+    return first, last
+
+
+@numba.njit(nogil=True, cache=True)
+def _subtract_components(image, centres, scale, size, origin, spacing, reach, residual, dx, ex, dy, ey):
+    """residual = image - scale sum_k exp(-s/2 |x - c_k|^2) (cut off) for one image (ny, nx)."""
+    ny, nx = image.shape
+    reach2 = reach * reach
+    for y in range(ny):
+        for x in range(nx):
+            residual[y, x] = image[y, x]
+    for k in range(centres.shape[0]):
+        x0, x1 = _factors(centres[k, 0], origin[0], spacing, size, reach, nx, dx, ex)
+        y0, y1 = _factors(centres[k, 1], origin[1], spacing, size, reach, ny, dy, ey)
+        for y in range(y0, y1 + 1):
+            ddy = dy[y] * dy[y]
+            if ddy > reach2:
+                continue
+            row = scale * ey[y]
+            for x in range(x0, x1 + 1):
+                if ddy + dx[x] * dx[x] <= reach2:
+                    residual[y, x] -= row * ex[x]
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
-def residual_and_centre_gradients_kernel(images, centres, scale, size, origin, spacing, cutoff_sigmas,
+def residual_and_centre_gradients_kernel(images, centres, scales, size, origin, spacing, cutoff_sigmas,
                                          residual, d_centres, d_size):
-    """images (N, ny, nx); centres (N, K, 2) in Å (x, y); origin (2,) (x, y) of pixel [0, 0].
+    """images (N, ny, nx); centres (N, K, 2) in Å (x, y); scales (N,) the weight of each image's
+    prediction; origin (2,) (x, y) of pixel [0, 0].
 
     Writes residual = images - yhat (N, ny, nx), d_centres (N, K, 2) = sum_j e v s (x - c)
     and d_size (N,) = sum_j e v |x - c|^2 / 2, both without the factor -beta lam (resp. beta lam).
@@ -31,37 +68,53 @@ def residual_and_centre_gradients_kernel(images, centres, scale, size, origin, s
     reach = cutoff_sigmas / math.sqrt(size)
     reach2 = reach * reach
     for i in numba.prange(n_images):
-        for y in range(ny):
-            for x in range(nx):
-                residual[i, y, x] = images[i, y, x]
+        dx, ex, dy, ey = np.empty(nx), np.empty(nx), np.empty(ny), np.empty(ny)
+        _subtract_components(images[i], centres[i], scales[i], size, origin, spacing, reach, residual[i],
+                             dx, ex, dy, ey)
+        total_size = 0.0
         for k in range(n_components):
-            cx, cy = centres[i, k, 0], centres[i, k, 1]
-            x0, x1 = _pixel_range(cx - origin[0], reach, spacing, nx)
-            y0, y1 = _pixel_range(cy - origin[1], reach, spacing, ny)
-            for y in range(y0, y1 + 1):
-                dy = origin[1] + y * spacing - cy
-                for x in range(x0, x1 + 1):
-                    dx = origin[0] + x * spacing - cx
-                    r2 = dx * dx + dy * dy
-                    if r2 <= reach2:
-                        residual[i, y, x] -= scale * math.exp(-0.5 * size * r2)
-        d_size[i] = 0.0
-        for k in range(n_components):
-            cx, cy = centres[i, k, 0], centres[i, k, 1]
-            x0, x1 = _pixel_range(cx - origin[0], reach, spacing, nx)
-            y0, y1 = _pixel_range(cy - origin[1], reach, spacing, ny)
+            x0, x1 = _factors(centres[i, k, 0], origin[0], spacing, size, reach, nx, dx, ex)
+            y0, y1 = _factors(centres[i, k, 1], origin[1], spacing, size, reach, ny, dy, ey)
             gx = 0.0
             gy = 0.0
             for y in range(y0, y1 + 1):
-                dy = origin[1] + y * spacing - cy
+                ddy = dy[y] * dy[y]
+                if ddy > reach2:
+                    continue
+                row_x = 0.0
+                row_r = 0.0
+                row_e = 0.0
                 for x in range(x0, x1 + 1):
-                    dx = origin[0] + x * spacing - cx
-                    r2 = dx * dx + dy * dy
+                    r2 = ddy + dx[x] * dx[x]
                     if r2 > reach2:
                         continue
-                    ev = residual[i, y, x] * math.exp(-0.5 * size * r2)
-                    gx += ev * dx
-                    gy += ev * dy
-                    d_size[i] += 0.5 * ev * r2
+                    ev = residual[i, y, x] * ex[x]
+                    row_x += ev * dx[x]
+                    row_e += ev
+                    row_r += ev * r2
+                gx += ey[y] * row_x
+                gy += ey[y] * row_e * dy[y]
+                total_size += 0.5 * ey[y] * row_r
             d_centres[i, k, 0] = size * gx
             d_centres[i, k, 1] = size * gy
+        d_size[i] = total_size
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def residual_sums_of_squares_kernel(images, centres, scales, size, origin, spacing, cutoff_sigmas, work):
+    """(N,) sum_j (y_ij - yhat_ij)^2 per image, arguments as `residual_and_centre_gradients_kernel`;
+    work (N, ny, nx) scratch. The energy of moves that change one image's pose only."""
+    n_images = centres.shape[0]
+    ny, nx = images.shape[1], images.shape[2]
+    reach = cutoff_sigmas / math.sqrt(size)
+    out = np.empty(n_images)
+    for i in numba.prange(n_images):
+        dx, ex, dy, ey = np.empty(nx), np.empty(nx), np.empty(ny), np.empty(ny)
+        _subtract_components(images[i], centres[i], scales[i], size, origin, spacing, reach, work[i],
+                             dx, ex, dy, ey)
+        total = 0.0
+        for y in range(ny):
+            for x in range(nx):
+                total += work[i, y, x] * work[i, y, x]
+        out[i] = total
+    return out

@@ -50,6 +50,39 @@ def _star(tmp_path, stack, rotations, name="averages.star", pixel=PIXEL):
     return path
 
 
+# options that recover the phantom from 12 clean images (as tests/pipelines/test_abinitio.py's RECOVER)
+RECOVER = ["--restarts", "2", "--jobs", "1", "--components-initial", "30", "--components", "60", "--initial-box", "16",
+           "--initial-counts", "1000", "--counts", "3000", "--rotations", "300", "--cycles", "4", "--refine-steps", "40",
+           "--burn-in", "20", "--thin", "5", "--quiet"]
+
+
+def test_abinitio_recovers_the_truth_and_writes_every_output(tmp_path):
+    from cryogmm.grid import Grid
+    from cryogmm.io.mrc import write_map
+    from cryogmm.simulate.molmap import molmap
+
+    coordinates, z = asymmetric_phantom(1500)
+    truth_rotations = random_rotations(np.random.default_rng(5), 12)
+    stack = tmp_path / "averages.mrcs"
+    write_stack(stack, project_atoms(coordinates, z, truth_rotations, None, 20.0, BOX, PIXEL, dtype=np.float64), PIXEL)
+    reference = tmp_path / "truth.mrc"
+    write_map(reference, molmap(coordinates, z, 20.0, Grid.centered((BOX,) * 3, PIXEL)), PIXEL)
+    out = tmp_path / "run"
+    poses = _star(tmp_path, stack, truth_rotations)
+    assert main(["abinitio", str(stack), "--seed", "3", "--true-poses", str(poses), "--reference", str(reference),
+                 "--output", str(out)] + RECOVER) == 0
+    assert set(p.name for p in out.iterdir()) == OUTPUTS | {"fsc.png"}
+    summary = json.loads((out / "summary.json").read_text())
+    # measured: 11 of 12 poses within 5 degrees (median 1.6; one view at 66 degrees: with 12 images a
+    # view now and then stays in a wrong basin, with the pipeline's defaults as before); CC 0.989,
+    # FSC 0.5 at 15.6 Å against the 20 Å truth. A failed run (wrong basins) has median errors of
+    # 10-60 degrees and CC about 0.955
+    refined = summary["rotation_errors"]["refinement"]
+    assert refined["within_5_degrees"] >= 11 and refined["median_degrees"] < 3.0
+    assert summary["reference"]["cross_correlation"] > 0.98
+    assert summary["reference"]["fsc_0.5_in_angstroms"] < 20.0
+
+
 def test_abinitio_writes_every_output(tmp_path, stack, images):
     out = tmp_path / "run"
     poses = _star(tmp_path, stack, images[1])
@@ -61,8 +94,7 @@ def test_abinitio_writes_every_output(tmp_path, stack, images):
     assert summary["chosen_restart"] == 1 + int(np.argmax(summary["restart_log_posteriors"]))
     errors = summary["rotation_errors"]
     assert len(errors["restarts"]) == 2 and errors["best_restart"] == errors["restarts"][summary["chosen_restart"] - 1]
-    assert 0 <= errors["refinement"]["within_5_degrees"] <= 8
-    assert 0 <= errors["refinement"]["median_degrees"] <= errors["refinement"]["max_degrees"] <= 180
+    assert errors["refinement"]["median_degrees"] <= errors["refinement"]["max_degrees"]  # recovery: test above
     from cryogmm.grid import Grid
     from cryogmm.io.pseudoatoms import read_pseudoatoms
     from cryogmm.metrics.correlation import cross_correlation

@@ -143,3 +143,34 @@ def test_the_api_refuses_negative_images_as_the_cli_does(phantom_images):
     prepared = prepare_images(negative, 6.0)
     result = run_abinitio(prepared.images, prepared.pixel_size_in_angstroms, AbinitioSettings(**TINY), seed=1)
     assert result.posterior_mean.shape == (24, 24, 24)
+
+
+# settings that recover the phantom from 12 clean 24 px images in a few seconds (2 restarts)
+RECOVER = dict(n_restarts=2, n_components_initial=30, initial_box=16, initial_counts=1000, n_rotations=300,
+               n_cycles=4, mixture_steps=10, rotation_steps=3, local_candidates=20, n_components=60,
+               refine_counts=3000, refine_mixture_steps=10, refine_steps=40, refine_burn_in=20, refine_thin=5)
+
+
+def test_abinitio_recovers_the_poses_and_the_map_of_a_known_particle():
+    """12 clean projections of the phantom (20 Å, 24 px at 6 Å/px) from random directions: the poses
+    must come back up to a global rotation and hand, and the map must match the density the
+    images were projected from. Measured (seeds 1-3): median pose error 1.9-2.6 degrees, max
+    3.8-4.2; CC with the truth after alignment 0.983-0.988. A run whose restart lands in a wrong
+    basin for some views (too short a schedule) gave median 42 degrees, max 173, CC 0.954; the
+    code before the exact local search, seed 2: median 10 degrees, CC 0.956."""
+    from cryogmm.grid import Grid
+    from cryogmm.metrics.alignment import align_maps, rotation_errors
+    from cryogmm.metrics.correlation import cross_correlation
+    from cryogmm.simulate.molmap import molmap
+
+    coordinates, z = asymmetric_phantom(1500)
+    truth_rotations = random_rotations(np.random.default_rng(5), 12)
+    images = project_atoms(coordinates, z, truth_rotations, None, 20.0, 24, 6.0, dtype=np.float64)
+    truth = molmap(coordinates, z, 20.0, Grid.centered((24,) * 3, 6.0), dtype=np.float64)
+    result = run_abinitio(images, 6.0, AbinitioSettings(**RECOVER), seed=1)
+    errors = rotation_errors(result.rotations, truth_rotations).errors_in_degrees
+    # with 12 images a view now and then stays in a wrong basin (seeds 1 and 2 of the code before
+    # the exact local search: 1 and 3 such views, median 2.8 and 10 degrees): one is let pass
+    assert np.sum(errors < 5.0) >= 11 and np.median(errors) < 3.5, errors
+    aligned = align_maps(truth, result.posterior_mean, 6.0).aligned
+    assert cross_correlation(truth, aligned) > 0.975

@@ -596,7 +596,10 @@ def test_local_rotation_search_then_gibbs_finds_perturbed_rotations(simulated, r
     axes = _unit_vectors(rng, N_IMAGES)
     start = _perturbed(rotations, axes * np.radians(rng.uniform(10.0, 20.0, (N_IMAGES, 1))))
     state = sampler.init(None, mixture=mixture, rotations=start)
-    for spread in (10.0, 5.0, 2.0):
+    # the search is an exact posterior step (sir_rotation_step), not a greedy one: two steps per
+    # spread after the first (with one step each, 1 image of 30 was still 11-15 degrees off for
+    # seeds 9 and 10; with two, none beyond 6.3 degrees for seeds 9-11)
+    for spread in (10.0, 5.0, 5.0, 2.0, 2.0):
         state, info = local_rotation_search(rng, sampler, state, 100, spread)
         assert info["moved"] > 0
     for _ in range(5):
@@ -605,8 +608,8 @@ def test_local_rotation_search_then_gibbs_finds_perturbed_rotations(simulated, r
     # The posterior itself has sd 0.9-2.4 degrees per axis, so "all within 3 degrees" is not a
     # property of a correct sampler (a chain started at the truth strays up to 7 degrees). Instead:
     # every rotation lies in its posterior's central region (chi2(3) tail 1e-3 / 30 images), and the
-    # typical error is that of a posterior draw (measured median 2.1, max 4.5 degrees, largest squared
-    # Mahalanobis distance 6.8 against the bound 23.4; other seeds: median 2.2-2.5, max 4.4-6.2).
+    # typical error is that of a posterior draw (measured median 2.5, max 5.1 degrees, largest squared
+    # Mahalanobis distance 9.7 against the bound 23.4; seeds 10, 11: median 2.4, 2.1, max 5.9, 6.2).
     assert np.all(_mahalanobis2(state.rotations, mode, covariance) < stats.chi2(3).isf(1e-3 / N_IMAGES))
     assert np.median(error) < 3.0
     assert error.max() < 10.0  # from 10-20 degrees away

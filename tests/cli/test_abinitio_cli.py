@@ -20,7 +20,8 @@ from cryogmm.simulate.phantom import asymmetric_phantom
 PIXEL = 6.0
 BOX = 24
 OUTPUTS = {"map.mrc", "pseudoatoms.pdb", "pseudoatoms.cif", "orientations.star", "summary.json", "restarts.png",
-           "projections.png", "map_slices.png", "settings.json", "run.log", "restarts"}
+           "projections.png", "map_slices.png", "settings.json", "run.log", "restarts", "traces.json", "report.html",
+           "chimerax.cxc"}
 TINY = ["--restarts", "2", "--jobs", "1", "--components-initial", "20", "--components", "40", "--initial-box", "16",
         "--initial-counts", "500", "--counts", "2000", "--rotations", "100", "--cycles", "2", "--refine-steps", "20",
         "--burn-in", "10", "--thin", "5", "--quiet"]

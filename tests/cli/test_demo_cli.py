@@ -1,27 +1,11 @@
-"""`cryogmm demo` (made small and fast here): final paths in its records, and what it compared."""
+"""`cryogmm demo` (made small and fast by conftest's `small_demo`): final paths in its records, and what
+it compared."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
-
 from cryogmm.cli import main
-
-FAST = dict(n_restarts=2, n_components_initial=20, initial_box=16, initial_counts=500, n_rotations=100, n_cycles=2,
-            mixture_steps=5, rotation_steps=2, local_candidates=10, n_components=40, refine_counts=2000,
-            refine_mixture_steps=5, refine_steps=20, refine_burn_in=10, refine_thin=5)
-
-
-@pytest.fixture
-def small_demo(monkeypatch):
-    import cryogmm.cli.demo as demo
-    import cryogmm.pipelines.abinitio as abinitio
-
-    monkeypatch.setattr(demo, "DEMO_BOX", 24)
-    monkeypatch.setattr(demo, "DEMO_IMAGES", 8)
-    build = abinitio.AbinitioSettings.__init__
-    monkeypatch.setattr(abinitio.AbinitioSettings, "__init__", lambda self, **given: build(self, **(given | FAST)))
 
 
 def test_demo_records_final_paths_and_says_what_it_compared(tmp_path, small_demo, capsys):

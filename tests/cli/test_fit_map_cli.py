@@ -19,7 +19,7 @@ VOXEL = 2.0
 ORIGIN = (10.0, -20.0, 30.0)  # (x, y, z) of voxel 0, in Å
 SHAPE = (24, 24, 24)
 OUTPUTS = {"pseudoatoms.pdb", "pseudoatoms.cif", "fitted_map.mrc", "fitted_map_slices.png", "summary.json",
-           "trace.png", "run.log", "settings.json"}
+           "trace.png", "run.log", "settings.json", "report.html", "chimerax.cxc"}
 FAST = ["--components", "4", "--counts", "2e4", "--steps", "15", "--thin", "2", "--quiet"]
 
 

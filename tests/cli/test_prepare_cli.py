@@ -16,7 +16,7 @@ from cryogmm.io.star import format_image_name, write_particles
 PIXEL = 2.0
 N = 48
 OFFSETS = np.array([[3.4, -2.2], [-4.1, 1.5], [0.6, 3.8]])  # pixels
-OUTPUTS = ["in.mrcs", "out.mrcs", "out_prepare.json", "out_prepare.png"]
+OUTPUTS = ["in.mrcs", "out.mrcs", "out_prepare.json", "out_prepare.png", "out_report.html"]
 
 
 def blobs(offsets=OFFSETS, n=N):

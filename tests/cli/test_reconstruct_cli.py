@@ -19,9 +19,9 @@ ATOMS = [  # element, x, y, z in Å: an asymmetric cluster away from the origin
 ]
 BOX, PIXEL = 24, 3.0
 FAST = ["--components", "8", "--counts", "3000", "--steps", "60", "--burn-in", "40", "--thin", "4", "--quiet"]
-GIBBS_OUTPUTS = ["map.mrc", "map_slices.png", "pseudoatoms.cif", "pseudoatoms.pdb", "run.log", "settings.json", "summary.json",
-                 "trace.png"]
-FOURIER_OUTPUTS = ["map.mrc", "map_slices.png", "run.log", "settings.json", "summary.json"]
+GIBBS_OUTPUTS = ["chimerax.cxc", "map.mrc", "map_slices.png", "pseudoatoms.cif", "pseudoatoms.pdb", "report.html", "run.log",
+                 "settings.json", "summary.json", "trace.png"]
+FOURIER_OUTPUTS = ["chimerax.cxc", "map.mrc", "map_slices.png", "report.html", "run.log", "settings.json", "summary.json"]
 
 
 def _write_model(path):

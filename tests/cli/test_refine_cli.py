@@ -23,7 +23,7 @@ from cryogmm.simulate.phantom import asymmetric_phantom
 
 BOX, PIXEL, N_PARTICLES = 32, 4.5, 400
 OUTPUTS = {"half1.mrc", "half2.mrc", "map.mrc", "map_unsharpened.mrc", "mask.mrc", "fsc.json", "fsc.png",
-           "map_slices.png", "particles.star", "summary.json", "settings.json", "run.log"}
+           "map_slices.png", "particles.star", "summary.json", "settings.json", "run.log", "report.html", "chimerax.cxc"}
 SHORT = ["--max-iterations", "2", "--seed", "1", "--quiet"]  # 2 iterations and the final one (about 10 s)
 
 

@@ -31,6 +31,7 @@ COMMANDS = {
     "refine": "refine",
     "classify2d": "classify2d",
     "run": "run",
+    "report": "report",
 }
 
 EXIT_BAD_INPUT = 2
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._command_line = ["cryogmm", *(sys.argv[1:] if argv is None else argv)]  # recorded in report.html
     try:
         return int(args._module.main(args) or 0)
     except InputError as err:

@@ -146,6 +146,7 @@ def _dask_map(address: str):
 
 def main(args: argparse.Namespace) -> int:
     from cryogmm.cli import close_logging, setup_logging
+    from cryogmm.cli.report import write_run_report
     from cryogmm.geometry.symmetry import canonical_symmetry_name
     from cryogmm.io.checkpoints import CheckpointFolder, check_resume, checkpoint_dir_for
     from cryogmm.io.images import read_input_images
@@ -214,6 +215,7 @@ def main(args: argparse.Namespace) -> int:
                 errors = summary["rotation_errors"]
                 log.info("rotation errors against %s: final %s; chosen restart %s", args.true_poses,
                          errors["refinement"], errors["best_restart"])
+            write_run_report(folder, args)
             log.info("wrote %s", args.output)
         checkpoints.remove()
     finally:
@@ -251,7 +253,7 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     from cryogmm.geometry.so3 import matrix_to_euler
     from cryogmm.grid import Grid
     from cryogmm.io.images import optics_values
-    from cryogmm.io.results import abinitio_volume, star_optics, write_abinitio_results
+    from cryogmm.io.results import abinitio_traces, abinitio_volume, star_optics, write_abinitio_results
     from cryogmm.io.runs import write_json, write_settings
     from cryogmm.io.star import poses_to_columns, write_particles
     from cryogmm.metrics.correlation import cross_correlation
@@ -325,6 +327,7 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     if args.true_poses is not None:
         summary["rotation_errors"] = compare_with_true_poses(result, args.true_poses)
     write_json(folder / "summary.json", summary)
+    write_json(folder / "traces.json", abinitio_traces(result))
     write_settings(folder, "abinitio", {k: final(v) for k, v in vars(args).items() if not k.startswith("_")}
                    | {"resolved": record}, seed)
     return summary

@@ -115,6 +115,7 @@ def build_settings(args: argparse.Namespace, pixel: float, box: int, n_particles
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryogmm.cli.report import write_run_report
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.cli.refine import _executor, close_executor, read_ctf_particles
     from cryogmm.io.checkpoints import CheckpointFolder, check_resume, checkpoint_dir_for
@@ -176,6 +177,7 @@ def main(args: argparse.Namespace) -> int:
                 raise KeyboardInterrupt(f"the checkpoints in {checkpoints.path} ({where}) are kept: run the same "
                                         "command with --resume to continue") from None
             write_outputs(folder, args, table, result, settings, pixel, seed, record, rules)
+            write_run_report(folder, args)
             log.info("wrote %s", args.output)
         checkpoints.remove()
     finally:

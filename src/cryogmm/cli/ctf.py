@@ -69,6 +69,7 @@ def _shown(defocus: np.ndarray, count: int) -> list[int]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryogmm.cli.report import write_run_report
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.io.runs import RunFolder, write_json
     from cryogmm.io.star import ctf_parameters, load_images, read_particles, select_rows
@@ -104,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
                               title=f"{args.star.name}: {len(rows)} particles, {pixel_size:.4g} Å/pixel")
             write_json(folder / "ctf.json", summary)
             _report(summary)
-            log.info("wrote %s (ctf.png, ctf.json, run.log)", args.output)
+            write_run_report(folder, args)
+            log.info("wrote %s (ctf.png, ctf.json, run.log, report.html)", args.output)
     finally:
         close_logging()
     return 0

@@ -118,6 +118,7 @@ def run_deconvolution(star: Path, *, groups: int = 7, alpha=None, polarity="auto
 def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from cryogmm.cli.report import write_run_report
     from cryogmm import __version__
     from cryogmm.io.images import optics_values
     from cryogmm.io.mrc import atomic_output, write_stack
@@ -160,6 +161,7 @@ def main(args: argparse.Namespace) -> int:
         if args.averages:
             with atomic_output(paths["averages"]) as averages_tmp:
                 write_stack(averages_tmp, np.asarray(out.averages, dtype=np.float32), pixel)
+    write_run_report(paths["stack"], args)
     for path in paths.values():
         print(f"wrote {path}")
     print(f"deconvolved {out.images.shape[0]} classes in {record['seconds']:.1f} s")

@@ -49,6 +49,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from cryogmm.cli.report import write_run_report
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.cli.abinitio import write_outputs
     from cryogmm.errors import InputError
@@ -104,6 +105,7 @@ def main(args: argparse.Namespace) -> int:
             reference["note"] = ("both maps are blurred to 15 Å: the FSC says how well the truth was recovered, "
                                  "not the resolution of the result (the images hold no finer detail)")
             write_json(folder / "summary.json", summary)
+            write_run_report(folder, args)
             errors = summary["rotation_errors"]["refinement"]
             log.info("ab initio in %.1f s. %s: FSC 0.5 at %s, cross-correlation %.4f; %s. %d of %d orientations "
                      "within 5 degrees of the true poses (median error %.2f degrees)",

@@ -104,6 +104,7 @@ def describe_prior(prior) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryogmm.cli.report import write_run_report
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.io.mrc import read_map, write_map
     from cryogmm.io.pseudoatoms import write_pseudoatom_files
@@ -167,6 +168,7 @@ def main(args: argparse.Namespace) -> int:
                                               "weight_concentration_alpha0": result.prior.concentration,
                                               "mean_prior": result.prior.mean_prior})
             write_settings(folder, "fit-map", settings, seed)
+            write_run_report(folder, args)
             log.info("K = %d: sigma %.2f Å, cross-correlation %.4f with the input map (%.4f with its non-negative "
                      "part), %.1f s", result.mixture.n_components, summary["sigma_in_angstroms"],
                      summary["cross_correlation"], summary["cross_correlation_non_negative_part"], result.seconds)

@@ -70,6 +70,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from cryogmm.cli.report import write_run_report
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.io.images import optics_values, read_input_images
     from cryogmm.io.pseudoatoms import read_pseudoatoms
@@ -134,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
             settings = {k: v for k, v in vars(args).items() if not k.startswith("_")}
             settings.update(seed=seed, pixel_size_in_angstroms=pixel, max_shift=max_shift)
             write_settings(folder, "orientations", settings, seed)
+            write_run_report(folder, args)
             log.info("orientations done in %.1f s; wrote %s", result.timings["total_seconds"], args.output)
     finally:
         close_logging()

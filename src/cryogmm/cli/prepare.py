@@ -129,6 +129,7 @@ def read_images(path: Path, pixel_size_in_angstroms: float | None) -> tuple[np.n
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryogmm.cli.report import write_run_report
     from cryogmm import __version__
     from cryogmm.io.mrc import atomic_output, write_stack
     from cryogmm.io.runs import write_json
@@ -167,6 +168,7 @@ def main(args: argparse.Namespace) -> int:
         write_json(json_tmp, record)
         plot_prepared(images, prepared, png_tmp, title=f"{args.stack.name}: inputs with mask outline (orange) and "
                       "centre of mass (+), masks, prepared images")
+    write_run_report(paths["stack"], args)
     for path in paths.values():
         print(f"wrote {path}")
     print(f"prepared {images.shape[0]} images in {seconds:.2f} s")

@@ -111,6 +111,7 @@ def compare_with_reference(volume: np.ndarray, reference: np.ndarray, voxel_size
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryogmm.cli.report import write_run_report
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.io.mrc import write_map
     from cryogmm.io.runs import RunFolder, write_json, write_settings
@@ -175,6 +176,7 @@ def main(args: argparse.Namespace) -> int:
             settings = {k: v for k, v in vars(args).items() if not k.startswith("_")}
             settings.update(seed=seed, burn_in=burn_in, pixel_size_in_angstroms=pixel)
             write_settings(folder, "reconstruct", settings, seed)
+            write_run_report(folder, args)
             log.info("%s reconstruction done in %.1f s; wrote %s", args.method,
                      summary["timings"]["total_seconds"], args.output)
     finally:

@@ -175,6 +175,7 @@ def half_sets_from_table(particles) -> np.ndarray | None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryogmm.cli.report import write_run_report
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.io.checkpoints import CheckpointFolder, check_resume, checkpoint_dir_for
     from cryogmm.io.runs import RunFolder
@@ -243,6 +244,7 @@ def main(args: argparse.Namespace) -> int:
                 raise KeyboardInterrupt(f"the checkpoints in {checkpoints.path} ({where}) are kept: run the same "
                                         "command with --resume to continue") from None
             write_outputs(folder, args, table, result, settings, pixel, seed, record)
+            write_run_report(folder, args)
             log.info("wrote %s", args.output)
         checkpoints.remove()
     finally:

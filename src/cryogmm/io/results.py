@@ -68,3 +68,17 @@ def write_abinitio_results(folder: str | os.PathLike, result, images: np.ndarray
                           "rlnOpticsGroup": 1})
     write_particles(folder / "orientations.star", table, star_optics(pixel, n, optics))
     return paths + [folder / "orientations.star"]
+
+
+def abinitio_traces(result) -> dict:
+    """What `traces.json` of an ab initio run holds: each restart's log-posterior per step and the
+    refinement's log-posterior, component sigma and median pose changes per step (degrees, Å);
+    samples are averaged from step `sampling_starts_at_step` of the refinement on."""
+    settings = result.settings
+    return {"restarts": [{"restart": r.index + 1, "log_posterior": r.trace} for r in result.restarts],
+            "chosen_restart": result.best_restart + 1,
+            "refinement": {"log_posterior": result.refine_trace, "sigma_in_angstroms": result.sigma_trace,
+                           "rotation_change_median_degrees": result.rotation_change_trace,
+                           "shift_change_median_angstroms": result.shift_change_trace,
+                           "mixture_only_steps": settings.refine_mixture_steps,
+                           "sampling_starts_at_step": settings.refine_mixture_steps + 1 + settings.refine_burn_in}}

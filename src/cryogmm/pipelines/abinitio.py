@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cryogmm.errors import InputError
-from cryogmm.geometry.so3 import mean_rotation
+from cryogmm.geometry.so3 import mean_rotation, rotation_angle_in_degrees
 from cryogmm.geometry.symmetry import asymmetric_unit_components, canonical_symmetry_name, symmetry_operators
 from cryogmm.grid import Grid
 from cryogmm.mixture import GaussianMixture, evaluate
@@ -118,6 +118,10 @@ class AbinitioResult:
     sigma_trace: np.ndarray
     log_posterior: float
     timings: dict = field(default_factory=dict)
+    # per refinement step: the median over images of how far its rotation (degrees) and in-plane
+    # shift (Å) moved in that step
+    rotation_change_trace: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    shift_change_trace: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def images_to_counts(images: np.ndarray, pixel_size_in_angstroms: float, box: int, n_counts: int) -> ImageCounts:
@@ -414,6 +418,8 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
                                np.asarray(saved["translations"]), int(saved["step"]))
         trace = list(np.asarray(saved["trace"]))
         sigmas = list(np.asarray(saved["sigmas"]))
+        rotation_changes = list(np.asarray(saved.get("rotation_changes", [])))
+        shift_changes = list(np.asarray(saved.get("shift_changes", [])))
         mean_sum = np.asarray(saved["mean_sum"], dtype=np.float64)
         n_samples = int(saved["n_samples"])
         best_lp = float(saved["best_log_posterior"])
@@ -426,7 +432,7 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
             timings["resumed"] = True
     else:
         state = warmup.init(rng, rotations=best.rotations)
-        trace, sigmas = [], []
+        trace, sigmas, rotation_changes, shift_changes = [], [], [], []
         mean_sum = np.zeros(grid.shape)
         n_samples = 0
         best_lp, best_state = -np.inf, state
@@ -458,6 +464,9 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
                 state, info = full.step(rng, state)
             trace.append(info["log_posterior"])
             sigmas.append(info["sigma_in_angstroms"])
+            rotation_changes.append(float(np.median(rotation_angle_in_degrees(previous.rotations, state.rotations))))
+            shift_changes.append(float(np.median(np.linalg.norm(
+                state.translations_in_angstroms - previous.translations_in_angstroms, axis=-1))))
             done = state.step - (settings.refine_mixture_steps + 1)
             if done > settings.refine_burn_in and (done - settings.refine_burn_in) % settings.refine_thin == 0:
                 full_mixture = expand_symmetry(state.mixture, ops)
@@ -475,6 +484,7 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
                     "elapsed_seconds": np.array(before + time.perf_counter() - started),
                     "rng": _rng_state(rng), "rotations": state.rotations, "translations": state.translations_in_angstroms,
                     "step": np.array(state.step), "trace": np.asarray(trace), "sigmas": np.asarray(sigmas),
+                    "rotation_changes": np.asarray(rotation_changes), "shift_changes": np.asarray(shift_changes),
                     "mean_sum": mean_sum, "n_samples": np.array(n_samples), "best_log_posterior": np.array(best_lp),
                     "best_rotations": best_state.rotations, "best_translations": best_state.translations_in_angstroms,
                     **_mixture_arrays("mixture_", state.mixture), **_mixture_arrays("best_", best_state.mixture)})
@@ -491,7 +501,8 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
     return dict(mixture=best_state.mixture, full_mixture=expand_symmetry(best_state.mixture, ops),
                 rotations=state.rotations, translations_in_angstroms=state.translations_in_angstroms,
                 posterior_mean=mean_sum / n_samples, n_samples=n_samples, refine_trace=np.asarray(trace),
-                sigma_trace=np.asarray(sigmas), log_posterior=final_lp)
+                sigma_trace=np.asarray(sigmas), log_posterior=final_lp,
+                rotation_change_trace=np.asarray(rotation_changes), shift_change_trace=np.asarray(shift_changes))
 
 
 def settings_dict(settings: AbinitioSettings) -> dict:

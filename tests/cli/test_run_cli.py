@@ -78,6 +78,12 @@ def test_run_goes_from_particles_to_the_structure_and_resumes_stage_by_stage(sim
     assert summary["figures"]["3_refine"]["n_iterations"] >= 2
     settings = json.loads((out / "settings.json").read_text())
     assert settings["seed"] == 1 and settings["command"] == "run" and settings["settings"]["classes"] == 12
+    # one page for the run linking each stage's own page, the final map drawn, ChimeraX opening it
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert all(f'href="{stage}/report.html"' in page and (out / stage / "report.html").is_file()
+               for stage in run_cli.STAGES)
+    assert "3_refine/map.mrc: shaded isosurface" in page and "open 3_refine/map.mrc" in (out / "chimerax.cxc").read_text()
+    assert "cryogmm refine " in (out / "3_refine" / "report.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("extra, fragment", [

@@ -178,6 +178,7 @@ def _run_stage(args: argparse.Namespace, stage: str, seed: int, n_classes: int) 
         argv.append("--force")
     log.info("%s: cryogmm %s", stage, " ".join(argv))
     stage_args = build_parser().parse_args(argv)
+    stage_args._command_line = ["cryogmm", *argv]  # recorded in the stage's report.html
     start = time.perf_counter()
     try:
         stage_args._module.main(stage_args)
@@ -238,6 +239,7 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cryogmm.cli import close_logging, setup_logging
+    from cryogmm.cli.report import write_run_report
     from cryogmm.io.runs import write_json
     from cryogmm.io.star import read_particles
 
@@ -275,6 +277,7 @@ def main(args: argparse.Namespace) -> int:
                      ", mirrored" if summary["reference"]["mirrored"] else "",
                      summary["reference"]["fsc_0.5_in_angstroms"], summary["reference"]["fsc_0.143_in_angstroms"])
         write_json(args.output / "summary.json", summary)
+        write_run_report(args.output, args)
         refine = summary["figures"]["3_refine"]
         log.info("done: %s (resolution %s Å, gold-standard FSC 0.143) in %.0f s", args.output / "3_refine" / "map.mrc",
                  "-" if refine["resolution_in_angstroms"] is None else f"{refine['resolution_in_angstroms']:.2f}",

@@ -93,18 +93,38 @@ class RunFiles:
     def report_path(self) -> Path:
         return self.folder / f"{self.prefix}{REPORT_NAME}"
 
+    def stages(self) -> list[str]:
+        """Sub-folders with a report of their own (the stages of `cryogmm run`), sorted."""
+        if self.prefix:
+            return []
+        return sorted(p.name for p in self.folder.iterdir() if (p / REPORT_NAME).is_file() and not p.name.startswith("."))
+
     def names(self) -> list[str]:
-        """The run's file names (without the prefix), sorted; the report's own files left out."""
+        """The run's file names (without the prefix), sorted; the report's own files left out, and
+        of a stage with a report of its own only that report."""
         own = {REPORT_NAME, CHIMERAX_NAME}
+        stages = set(self.stages())
         names = []
         for path in sorted(self.folder.rglob("*") if not self.prefix else self.folder.glob(f"{self.prefix}*")):
             relative = path.relative_to(self.folder).as_posix()
-            if not path.is_file() or any(part.startswith(".") for part in Path(relative).parts):
+            parts = Path(relative).parts
+            if not path.is_file() or any(part.startswith(".") for part in parts):
+                continue
+            if len(parts) > 1 and parts[0] in stages and parts[1:] != (REPORT_NAME,):
                 continue
             name = relative[len(self.prefix):]
             if name not in own:
                 names.append(name)
         return names
+
+    def main_map(self) -> Path | None:
+        """The run's map: map.mrc (fitted_map.mrc ...) or the one its summary names ("map")."""
+        found = next((self.file(n) for n in MAP_NAMES if self.file(n)), None)
+        named = self.summary.get("map")
+        if found is None and isinstance(named, str) and named.endswith(".mrc") and not Path(named).is_absolute():
+            path = self.folder / named
+            found = path if path.is_file() else None
+        return found
 
 
 def _read_json(path: Path | None) -> dict:
@@ -544,7 +564,7 @@ def _map_section(run: RunFiles, shown: set) -> tuple[str, dict | None]:
     from cryogmm.report.render import surface_level
 
     body = _figures_for(run, "map", shown)
-    map_path = next((run.file(n) for n in MAP_NAMES if run.file(n)), None)
+    map_path = run.main_map()
     details = None
     if map_path is not None:
         try:
@@ -553,7 +573,7 @@ def _map_section(run: RunFiles, shown: set) -> tuple[str, dict | None]:
             logger.warning("warning: %s", exc)
             return _section("map", "Map", body), None
         atoms, sigma = None, None
-        atoms_path = run.file("pseudoatoms.pdb")
+        atoms_path = run.file("pseudoatoms.pdb") if map_path.parent == run.folder else None
         if atoms_path is not None:
             from cryogmm.io.pseudoatoms import read_pseudoatoms
             try:
@@ -563,17 +583,27 @@ def _map_section(run: RunFiles, shown: set) -> tuple[str, dict | None]:
                 logger.warning("warning: %s", exc)
         level = surface_level(volume.data)
         for data, caption in map_figures(volume.data, volume.voxel_size_in_angstroms, volume.origin_in_angstroms,
-                                         level, atoms, sigma, map_path.name):
+                                         level, atoms, sigma, map_path.relative_to(run.folder).as_posix()):
             body += _figure(data, caption)
-        details = {"map": map_path.name, "level": level, "atoms": atoms_path.name if atoms is not None else None,
+        details = {"map": map_path.relative_to(run.folder).as_posix(), "level": level, "atoms": atoms_path.name if atoms is not None else None,
                    "sigma_in_angstroms": sigma}
     return _section("map", "Map", body), details
+
+
+def _stages_section(run: RunFiles) -> str:
+    stages = run.stages()
+    if not stages:
+        return ""
+    records = run.summary.get("stages") if isinstance(run.summary.get("stages"), dict) else {}
+    rows = "".join(f'<tr><td><a href="{html.escape(stage)}/{REPORT_NAME}">{html.escape(stage)}</a></td>'
+                   f"<td>{html.escape(_format(records.get(stage, {})))}</td></tr>" for stage in stages)
+    return _section("stages", "Stages", f"<p>Each stage has its own report:</p><table>{rows}</table>")
 
 
 def _other_figures(run: RunFiles, shown: set) -> str:
     body = ""
     for name in run.names():
-        if name.lower().endswith(".png") and name not in shown:
+        if name.lower().endswith(".png") and name not in shown and "/" not in name:
             body += _figure((run.folder / f"{run.prefix}{name}").read_bytes(), name)
     return _section("figures", "Other figures", body)
 
@@ -617,6 +647,7 @@ def build_report_html(run: RunFiles) -> tuple[str, dict | None]:
     sections = [
         _warnings_section(run),
         _summary_section(run),
+        _stages_section(run),
         _section("inputs", "Inputs and results", _figures_for(run, "inputs", shown)),
         _restarts_section(run, shown),
         _traces_section(run, shown),

@@ -251,3 +251,20 @@ def test_demo_report_in_chromium(tmp_path, small_demo):
     # not blank: the header bar is dark, the figures add many grey levels
     assert (grey < 0.3).mean() > 0.02 and (grey > 0.9).mean() > 0.3
     assert np.unique(np.round(grey, 2)).size > 50
+
+
+def test_map_pictures_use_the_mrc_voxel_centres_and_a_cube_around_the_surface():
+    from cryogmm.report.html import content_window, projection_extent
+
+    # voxel i centred at origin + i * voxel (MRC, ChimeraX): box (nz, ny, nx) = (4, 3, 2) of 2 Å
+    np.testing.assert_allclose(projection_extent((4, 3, 2), 2.0, (10.0, 20.0, 30.0)),
+                               [[9.0, 19.0, 29.0], [13.0, 25.0, 37.0]])
+    volume = np.zeros((40, 40, 40))
+    volume[5:11, 20:24, 30:33] = 1.0  # 6 x 4 x 3 voxels above 0.5
+    window = content_window(volume, 0.5, margin=0.25)
+    assert [w.stop - w.start for w in window] == [9, 9, 9]  # the largest extent, 6, widened by 2 x 25%
+    assert all(w.start >= 0 and w.stop <= 40 for w in window)
+    cut = volume[window]
+    assert cut.sum() == volume.sum()  # everything above the level is inside
+    assert [w.start for w in window] == [4, 18, 27]  # centred: (5 + 11) // 2 - 9 // 2, (20 + 24) // 2 - 4 ...
+    assert content_window(np.zeros((3, 3, 3)), 0.5) == (slice(0, 3),) * 3

@@ -44,12 +44,12 @@ MAP_NAMES = ("map.mrc", "fitted_map.mrc", "reference.mrc")  # the run's main map
 POSE_FILES = ("orientations.star", "particles.star", "class_poses.star", "particles_poses.star")
 # PNG figures commands write -> (section, caption); the rest go under "Other figures"
 KNOWN_FIGURES = {
-    "projections.png": ("inputs", "Inputs (top of each pair) and projections of the result along their estimated "
-                                  "poses (bottom)"),
     "deconvolved.png": ("inputs", "Class averages and their deconvolved images (--prepare)"),
     "prepared.png": ("inputs", "Inputs with mask outline and centre of mass, the masks, the prepared images"),
     "deconvolve.png": ("inputs", "Class averages (top) and deconvolved images (bottom)"),
     "prepare.png": ("inputs", "Inputs with mask outline and centre of mass, the masks, the prepared images"),
+    "projections.png": ("inputs", "Inputs (top of each pair) and projections of the result along their estimated "
+                                  "poses (bottom)"),
     "classes.png": ("inputs", "Class images, largest class first"),
     "ctf.png": ("inputs", "Power spectra next to CTF², the radial profile with the CTF zeros"),
     "restarts.png": ("restarts", "Log-posterior per step of each restart (chosen one bold) and of the refinement"),
@@ -241,7 +241,8 @@ def plot_refinement_traces(traces: dict) -> Figure:
             ax.set_yscale("symlog", linthresh=max(float(np.nanmin(values[values > 0], initial=1e-3)), 1e-3))
         ax.set_xlabel("refinement step")
         ax.set_ylabel(label)
-        ax.ticklabel_format(axis="y", style="plain", useOffset=False) if key == "log_posterior" else None
+        if key == "log_posterior":
+            ax.ticklabel_format(axis="y", style="plain", useOffset=False)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     if burn_in:
@@ -285,11 +286,12 @@ def _views_figure(pictures: list[tuple[str, np.ndarray]], title: str, *, extent=
     axes = np.atleast_1d(fig.subplots(1, len(pictures)))
     for i, (ax, (name, picture)) in enumerate(zip(axes, pictures)):
         shown = picture if points is None else np.sqrt(np.clip(picture, 0, None))  # gamma: faint parts visible
-        ax.imshow(shown, cmap=cmap, origin="lower", extent=extent, interpolation="bilinear")
+        ax.imshow(shown, cmap=cmap, origin="lower", extent=None if extent is None else extent[i],
+                  interpolation="bilinear")
         if points is not None:
             ax.scatter(points[i][0], points[i][1], s=size, color="tab:orange", alpha=0.7, linewidths=0)
-            ax.set_xlim(extent[0], extent[1])
-            ax.set_ylim(extent[2], extent[3])
+            ax.set_xlim(extent[i][0], extent[i][1])
+            ax.set_ylim(extent[i][2], extent[i][3])
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -302,35 +304,60 @@ _PROJECTIONS = (("along z (x right, y up)", 0, (0, 1)), ("along y (x right, z up
                 ("along x (y right, z up)", 2, (1, 2)))
 
 
+def content_window(volume: np.ndarray, level: float, margin: float = 0.2) -> tuple[slice, slice, slice]:
+    """The cube of `volume` ([z, y, x] slices) around the voxels above `level`, widened by
+    `margin` of its size on each side and kept inside the box (the whole box if none is above)."""
+    above = np.argwhere(volume > level)
+    if above.size == 0:
+        return tuple(slice(0, n) for n in volume.shape)
+    low, high = above.min(axis=0), above.max(axis=0) + 1
+    size = int(np.ceil((high - low).max() * (1 + 2 * margin)))
+    window = []
+    for lo, hi, n in zip(low, high, volume.shape):
+        width = min(size, n)
+        start = int(np.clip((lo + hi) // 2 - width // 2, 0, n - width))
+        window.append(slice(start, start + width))
+    return tuple(window)
+
+
+def projection_extent(shape_zyx, voxel_size_in_angstroms: float, origin_in_angstroms) -> np.ndarray:
+    """(x, y, z) lower and upper edges in Å of a box whose voxel `i` is centred at
+    `origin + i * voxel` (MRC and ChimeraX): `[[x_lo, y_lo, z_lo], [x_hi, y_hi, z_hi]]`."""
+    n = np.asarray(shape_zyx[::-1], dtype=float)
+    origin = np.asarray(origin_in_angstroms, dtype=float)
+    return np.stack([origin - 0.5 * voxel_size_in_angstroms, origin + (n - 0.5) * voxel_size_in_angstroms])
+
+
 def map_figures(volume: np.ndarray, voxel_size_in_angstroms: float, origin_in_angstroms, level: float,
-                atoms_in_angstroms: np.ndarray | None, atom_sigma_in_angstroms: float | None,
-                name: str) -> list[tuple[bytes, str]]:
+                atoms_in_angstroms: np.ndarray | None, name: str) -> list[tuple[bytes, str]]:
     """The shaded isosurface of `volume` at `level` from three directions and, with pseudo-atoms
     (`(K, 3)` positions `(x, y, z)` in Å in the map's frame), their centres over the map's
-    projections. Returns (PNG, caption) pairs."""
+    projections; both cut to the cube around the surface. Returns (PNG, caption) pairs."""
     from cryogmm.report.render import VIEWS, render_isosurface
 
+    window = content_window(volume, level)
+    volume = volume[window]
+    origin = np.asarray(origin_in_angstroms, dtype=float) + voxel_size_in_angstroms * np.array(
+        [window[2].start, window[1].start, window[0].start])
     out = []
     names = [f"{view} ({('x right, y up', 'x right, z up', 'y right, z up')[i]})" for i, view in enumerate(VIEWS)]
     pictures = list(zip(names, render_isosurface(volume, level, tuple(VIEWS))))
-    out.append((_png(_views_figure(pictures, f"{name}: surface at level {level:.4g}", cmap=None)),
+    width = volume.shape[0] * voxel_size_in_angstroms
+    out.append((_png(_views_figure(pictures, f"{name}: surface at level {level:.4g} (pictures {width:.0f} Å wide)",
+                                   cmap=None)),
                 f"{name}: shaded isosurface at level {level:.4g} (the level chimerax.cxc opens it at; the "
                 "voxels above it hold 80% of the map's positive mass), seen along z, y and x"))
     if atoms_in_angstroms is not None and len(atoms_in_angstroms):
-        n = np.array(volume.shape[::-1])  # (nx, ny, nz)
-        origin = np.asarray(origin_in_angstroms, dtype=float)
-        low, high = origin, origin + n * voxel_size_in_angstroms
-        projections, points = [], []
+        edges = projection_extent(volume.shape, voxel_size_in_angstroms, origin)
+        projections, points, extents = [], [], []
         for view, axis, (a, b) in _PROJECTIONS:
             projections.append((view, volume.sum(axis=axis)))
-            # pixel centres at origin + (i + 1/2) voxel: the extent spans the box edges
             points.append((atoms_in_angstroms[:, a], atoms_in_angstroms[:, b]))
-        extents = [(low[a], high[a], low[b], high[b]) for _, _, (a, b) in _PROJECTIONS]
-        if len({tuple(e) for e in extents}) == 1:
-            fig = _views_figure(projections, f"{name}: projections with the {len(atoms_in_angstroms)} pseudo-atoms",
-                                extent=extents[0], points=points, size=float(np.clip(4000.0 / len(atoms_in_angstroms), 1.0, 12.0)))
-            out.append((_png(fig), f"Pseudo-atom centres (orange dots) over the projections of {name} along "
-                                   "z, y and x"))
+            extents.append((edges[0, a], edges[1, a], edges[0, b], edges[1, b]))
+        fig = _views_figure(projections, f"{name}: projections with the {len(atoms_in_angstroms)} pseudo-atoms",
+                            extent=extents, points=points, size=float(np.clip(4000.0 / len(atoms_in_angstroms), 1.0, 12.0)))
+        out.append((_png(fig), f"Pseudo-atom centres (orange dots) over the projections of {name} along "
+                               "z, y and x"))
     return out
 
 
@@ -338,6 +365,7 @@ def map_figures(volume: np.ndarray, voxel_size_in_angstroms: float, origin_in_an
 # HTML
 
 _CSS = """
+html{background:#f4f6f9}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2430;background:#f4f6f9}
 main{max-width:1200px;margin:0 auto;padding:1.2em 1.6em 3em}
 header{background:#1f3b5a;color:#fff;padding:1.1em 1.6em}
@@ -374,7 +402,8 @@ def _format(value) -> str:
         return f"{value:.6g}" if abs(value) >= 1e4 or value == int(value) else f"{value:.4g}"
     if isinstance(value, list):
         numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if len(value) > 8 and len(numbers) == len(value):
+        whole = all(isinstance(v, int) for v in numbers)
+        if len(numbers) == len(value) and (len(value) > 30 or (len(value) > 8 and not whole)):
             array = np.asarray(numbers, dtype=float)
             return (f"{len(value)} values: median {_format(float(np.nanmedian(array)))}, "
                     f"lowest {_format(float(np.nanmin(array)))}, highest {_format(float(np.nanmax(array)))}")
@@ -420,10 +449,9 @@ def run_warnings(run: RunFiles) -> list[str]:
             found[-1] += "\n" + line  # a message of several lines
         else:
             current = None
-    for key in ("warnings",):
-        value = run.summary.get(key) or run.record.get(key)
-        if isinstance(value, list):
-            found += [str(v) for v in value]
+    listed = run.summary.get("warnings") or run.record.get("warnings")
+    if isinstance(listed, list):
+        found += [str(v) for v in listed]
     return [w.removeprefix("warning: ") for w in found]
 
 
@@ -583,7 +611,7 @@ def _map_section(run: RunFiles, shown: set) -> tuple[str, dict | None]:
                 logger.warning("warning: %s", exc)
         level = surface_level(volume.data)
         for data, caption in map_figures(volume.data, volume.voxel_size_in_angstroms, volume.origin_in_angstroms,
-                                         level, atoms, sigma, map_path.relative_to(run.folder).as_posix()):
+                                         level, atoms, map_path.relative_to(run.folder).as_posix()):
             body += _figure(data, caption)
         details = {"map": map_path.relative_to(run.folder).as_posix(), "level": level, "atoms": atoms_path.name if atoms is not None else None,
                    "sigma_in_angstroms": sigma}
@@ -594,10 +622,16 @@ def _stages_section(run: RunFiles) -> str:
     stages = run.stages()
     if not stages:
         return ""
-    records = run.summary.get("stages") if isinstance(run.summary.get("stages"), dict) else {}
+    def record(key: str, stage: str) -> dict:
+        value = run.summary.get(key)
+        value = value.get(stage) if isinstance(value, dict) else None
+        return value if isinstance(value, dict) else {}
+
     rows = "".join(f'<tr><td><a href="{html.escape(stage)}/{REPORT_NAME}">{html.escape(stage)}</a></td>'
-                   f"<td>{html.escape(_format(records.get(stage, {})))}</td></tr>" for stage in stages)
-    return _section("stages", "Stages", f"<p>Each stage has its own report:</p><table>{rows}</table>")
+                   f"<td>{html.escape(_format(record('stages', stage)))}</td>"
+                   f"<td>{html.escape(_format(record('figures', stage)))}</td></tr>" for stage in stages)
+    return _section("stages", "Stages", "<p>Each stage has its own report (follow the link).</p><table><tr>"
+                    f"<th>stage</th><th>how it ran</th><th>key figures</th></tr>{rows}</table>")
 
 
 def _other_figures(run: RunFiles, shown: set) -> str:

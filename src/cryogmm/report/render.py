@@ -60,8 +60,9 @@ def render_isosurface(volume: np.ndarray, level: float, views=tuple(VIEWS), *, u
 
     Returns
     -------
-    one (rows, cols, 3) float array in [0, 1] per view, white where no ray meets the surface;
-    shown with `imshow(..., origin="lower")` each has the orientation of the central slices
+    one (rows, cols, 4) RGBA float array in [0, 1] per view: alpha is the share of the pixel the
+    surface covers (0 where no ray meets it; between 0 and 1 along the outline, which is drawn
+    smooth); shown with `imshow(..., origin="lower")` each has the orientation of the central slices
     (along z: x right, y up; along y: x right, z up; along x: y right, z up), as seen from
     outside the box (not mirrored).
     """
@@ -104,5 +105,16 @@ def _render_view(volume: np.ndarray, gradient: np.ndarray, level: float, view: s
     specular = np.clip(np.tensordot(half, n, axes=1), 0.0, 1.0) ** 24
     fog = 1.0 - 0.35 * depth / max(rays.shape[0] - 1, 1)  # farther surfaces darker
     shade = (0.25 + 0.75 * diffuse) * fog
-    rgb = shade[..., None] * color[None, None] + 0.35 * specular[..., None]
-    return np.where(hit[..., None], np.clip(rgb, 0.0, 1.0), 1.0)
+    rgb = np.clip(shade[..., None] * color[None, None] + 0.35 * specular[..., None], 0.0, 1.0)
+    if not hit.any():
+        return np.zeros(hit.shape + (4,))
+    # the outline: the ray's maximum crosses the level there; how far it lies above or below, in
+    # units of its change per pixel, says how much of the pixel the surface covers
+    peak = rays.max(axis=0)
+    slope = np.hypot(*np.gradient(peak))
+    alpha = np.clip(0.5 + (peak - level) / np.maximum(slope, 1e-12 * max(abs(level), 1e-30)), 0.0, 1.0)
+    alpha = np.where(hit, np.maximum(alpha, 0.5), np.minimum(alpha, 0.5))
+    # pixels just outside take the colour of the nearest surface pixel
+    nearest = ndimage.distance_transform_edt(~hit, return_distances=False, return_indices=True)
+    rgb = rgb[nearest[0], nearest[1]]
+    return np.concatenate([rgb, alpha[..., None]], axis=-1)

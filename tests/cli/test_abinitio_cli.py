@@ -25,6 +25,9 @@ OUTPUTS = {"map.mrc", "pseudoatoms.pdb", "pseudoatoms.cif", "orientations.star",
 TINY = ["--restarts", "2", "--jobs", "1", "--components-initial", "20", "--components", "40", "--initial-box", "16",
         "--initial-counts", "500", "--counts", "2000", "--rotations", "100", "--cycles", "2", "--refine-steps", "20",
         "--burn-in", "10", "--thin", "5", "--quiet"]
+GAUSSIAN_TINY = ["--noise-model", "gaussian", "--restarts", "2", "--jobs", "1", "--components-initial", "10",
+                 "--components", "20", "--initial-box", "16", "--rotations", "50", "--cycles", "2", "--refine-steps",
+                 "6", "--burn-in", "2", "--thin", "2", "--quiet"]
 OPTICS = {"rlnOpticsGroupName": "opticsGroup1", "rlnImagePixelSize": PIXEL, "rlnImageSize": BOX,
           "rlnImageDimensionality": 2, "rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
 
@@ -113,21 +116,22 @@ def test_abinitio_writes_every_output(tmp_path, stack, images):
     assert settings["seed"] == 3
 
 
-def test_resume_after_interruption_matches(tmp_path, stack, monkeypatch):
+@pytest.mark.parametrize("options", [TINY, GAUSSIAN_TINY], ids=["poisson", "gaussian"])
+def test_resume_after_interruption_matches(tmp_path, stack, monkeypatch, options):
     """A run killed after its checkpoints were written continues with --resume to the same map."""
     full = tmp_path / "full"
-    assert main(["abinitio", str(stack), "--seed", "8", "--output", str(full)] + TINY) == 0
+    assert main(["abinitio", str(stack), "--seed", "8", "--output", str(full)] + options) == 0
     # replay an interrupted run: keep a finished run's checkpoints (both restarts; the refinement of
     # this tiny run is shorter than one checkpoint interval), drop one restart and the output folder
     out = tmp_path / "cut"
     with monkeypatch.context() as patch:
         patch.setattr(CheckpointFolder, "remove", lambda self: None)
-        assert main(["abinitio", str(stack), "--seed", "8", "--output", str(out)] + TINY) == 0
+        assert main(["abinitio", str(stack), "--seed", "8", "--output", str(out)] + options) == 0
     folder = checkpoint_dir_for(out)
     (folder / "restart_1.npz").unlink()
     shutil.rmtree(out)
-    assert main(["abinitio", str(stack), "--seed", "8", "--output", str(out)] + TINY) == 2  # needs --resume
-    assert main(["abinitio", str(stack), "--seed", "8", "--output", str(out), "--resume"] + TINY) == 0
+    assert main(["abinitio", str(stack), "--seed", "8", "--output", str(out)] + options) == 2  # needs --resume
+    assert main(["abinitio", str(stack), "--seed", "8", "--output", str(out), "--resume"] + options) == 0
     np.testing.assert_array_equal(read_map(out / "map.mrc").data, read_map(full / "map.mrc").data)
     assert not folder.exists()
 

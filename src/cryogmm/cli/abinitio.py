@@ -66,18 +66,28 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="processes for the restarts (default: the number of CPU cores, at most --restarts)")
     parser.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
                         help="run the restarts on an existing Dask cluster (needs dask.distributed)")
-    parser.add_argument("--components-initial", type=int, default=100,
-                        help="K in the initial stage, whole particle (default 100; K / |G| in the asymmetric unit)")
-    parser.add_argument("--components", type=int, default=1000,
-                        help="K in the refinement, whole particle (default 1000; K / |G| in the asymmetric unit)")
-    parser.add_argument("--initial-box", type=int, default=32, help="image size in the initial stage (default 32)")
+    parser.add_argument("--noise-model", default="poisson", metavar="MODEL",
+                        help="poisson (images read as counts, thesis ch. 3; default) or gaussian (images of any sign "
+                             "with Gaussian noise, a scale and noise level per image, thesis ch. 5)")
+    parser.add_argument("--components-initial", type=int, default=None,
+                        help="K in the initial stage, whole particle (default 100, gaussian 50; K / |G| in the "
+                             "asymmetric unit)")
+    parser.add_argument("--components", type=int, default=None,
+                        help="K in the refinement, whole particle (default 1000, gaussian 500; K / |G| in the "
+                             "asymmetric unit)")
+    parser.add_argument("--initial-box", type=int, default=None,
+                        help="image size in the initial stage (default 32, gaussian 24)")
     parser.add_argument("--initial-counts", type=int, default=1000, help="counts per image in the initial stage (default 1000)")
     parser.add_argument("--counts", type=int, default=10000, help="counts per image in the refinement (default 10000)")
     parser.add_argument("--rotations", type=int, default=1000, help="N_R, rotations of the global step (default 1000)")
-    parser.add_argument("--cycles", type=int, default=12, help="mixture/rotation alternations per restart (default 12)")
-    parser.add_argument("--refine-steps", type=int, default=300, help="full Gibbs steps in the refinement (default 300)")
-    parser.add_argument("--burn-in", type=int, default=150, help="refinement steps before averaging (default 150)")
-    parser.add_argument("--thin", type=int, default=10, help="average every N-th sample after burn-in (default 10)")
+    parser.add_argument("--cycles", type=int, default=None,
+                        help="mixture/rotation alternations per restart (default 12, gaussian 20)")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="full Gibbs steps in the refinement (default 300, gaussian 60)")
+    parser.add_argument("--burn-in", type=int, default=None,
+                        help="refinement steps before averaging (default 150, gaussian 30)")
+    parser.add_argument("--thin", type=int, default=None,
+                        help="average every N-th sample after burn-in (default 10, gaussian 3)")
     parser.add_argument("--max-shift", type=float, default=None,
                         help="largest in-plane translation searched in Å (default 10%% of the box; 0 fixes them)")
     parser.add_argument("--clip-negatives", action="store_true",
@@ -96,9 +106,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
 
 
+# defaults of the options whose value depends on --noise-model (poisson, gaussian)
+MODEL_DEFAULTS = {"components_initial": (100, 50), "components": (1000, 500), "initial_box": (32, 24),
+                  "cycles": (12, 20), "refine_steps": (300, 60), "burn_in": (150, 30), "thin": (10, 3)}
+NOISE_MODELS = ("poisson", "gaussian")
+
+
 def build_settings(args: argparse.Namespace):
     from cryogmm.pipelines.abinitio import AbinitioSettings
 
+    if args.noise_model not in NOISE_MODELS:
+        raise InputError(f"--noise-model {args.noise_model}: unknown; choose poisson or gaussian")
+    gaussian = args.noise_model == "gaussian"
+    for name, defaults in MODEL_DEFAULTS.items():
+        if getattr(args, name) is None:  # resolved here, so that settings.json records the value used
+            setattr(args, name, defaults[gaussian])
     checks = [("--restarts", args.restarts, 1), ("--components-initial", args.components_initial, 1),
               ("--components", args.components, 1), ("--initial-box", args.initial_box, 8),
               ("--initial-counts", args.initial_counts, 10), ("--counts", args.counts, 10),
@@ -119,12 +141,28 @@ def build_settings(args: argparse.Namespace):
         raise InputError(f"--seed {args.seed}: must be a non-negative integer")
     if args.resume and args.force:
         raise InputError("--resume and --force: choose one (--force starts over)")
+    if gaussian:
+        return _gaussian_settings(args)
     return AbinitioSettings(symmetry=args.symmetry, n_restarts=args.restarts,
                             n_components_initial=args.components_initial, initial_box=args.initial_box,
                             initial_counts=args.initial_counts, n_rotations=args.rotations, n_cycles=args.cycles,
                             n_components=args.components, refine_counts=args.counts, refine_steps=args.refine_steps,
                             refine_burn_in=args.burn_in, refine_thin=args.thin,
                             refine_translations=args.max_shift != 0, max_shift_in_angstroms=args.max_shift or None)
+
+
+def _gaussian_settings(args: argparse.Namespace):
+    """--noise-model gaussian: the options that apply to it (the count options are the Poisson model's)."""
+    from cryogmm.pipelines.abinitio_gaussian import GaussianAbinitioSettings
+
+    if args.dask_scheduler:
+        raise InputError("--dask-scheduler: the gaussian noise model runs its restarts in this process; leave it out")
+    return GaussianAbinitioSettings(symmetry=args.symmetry, n_restarts=args.restarts,
+                                    n_components_initial=args.components_initial, initial_box=args.initial_box,
+                                    n_rotations=args.rotations, n_cycles=args.cycles, n_components=args.components,
+                                    refine_steps=args.refine_steps, refine_burn_in=args.burn_in,
+                                    refine_thin=args.thin, refine_translations=args.max_shift != 0,
+                                    max_shift_in_angstroms=args.max_shift or None)
 
 
 def _dask_map(address: str):
@@ -168,14 +206,14 @@ def main(args: argparse.Namespace) -> int:
         images = data.images
         n_negative, share = negative_part(images)
         clipped_note = None
-        if n_negative:
+        if n_negative and (args.noise_model == "poisson" or args.clip_negatives):
             if not args.clip_negatives:
                 refuse_negative_images(images, str(args.images), CLI_REMEDY)
             images = clip_negatives(images)
             clipped_note = {"negative_pixels": n_negative, "negative_share_of_mass": share}
         check_evaluation_inputs(args, images.shape, data.pixel_size_in_angstroms)
         seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
-        record = {"images": str(args.images), "seed": seed, "pixel_size_in_angstroms": data.pixel_size_in_angstroms,
+        record = {"images": str(args.images), "noise_model": args.noise_model, "seed": seed, "pixel_size_in_angstroms": data.pixel_size_in_angstroms,
                   "n_images": int(images.shape[0]), "box": int(images.shape[-1]), "clip_negatives": args.clip_negatives,
                   "prepare": prepared.notes if prepared else None,
                   **settings_dict(settings)}
@@ -195,8 +233,14 @@ def main(args: argparse.Namespace) -> int:
                          "to zero (--clip-negatives)", n_negative, 100 * share)
             progress = not args.quiet and sys.stderr.isatty()
             try:
-                result = run_abinitio(images, data.pixel_size_in_angstroms, settings, seed, jobs=jobs,
-                                      map_restarts=map_restarts, checkpoint=checkpoints, progress=progress)
+                if args.noise_model == "gaussian":
+                    from cryogmm.pipelines.abinitio_gaussian import run_gaussian_abinitio
+
+                    result = run_gaussian_abinitio(images, data.pixel_size_in_angstroms, settings, seed,
+                                                   checkpoint=checkpoints, progress=progress, threads=args.jobs)
+                else:
+                    result = run_abinitio(images, data.pixel_size_in_angstroms, settings, seed, jobs=jobs,
+                                          map_restarts=map_restarts, checkpoint=checkpoints, progress=progress)
             except KeyboardInterrupt:
                 raise KeyboardInterrupt(f"the checkpoints in {checkpoints.path} are kept: run the same command "
                                         "with --resume to continue") from None
@@ -301,7 +345,7 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
                   folder / "restarts.png", refine_burn_in=settings.refine_mixture_steps + 1 + settings.refine_burn_in,
                   title=f"{Path(args.images).name}: {settings.n_restarts} restarts, symmetry {settings.symmetry}")
     summary = {
-        "seed": seed,
+        "seed": seed, "noise_model": getattr(result, "noise_model", "poisson"),
         "images": str(final(args.images)), "n_images": int(images.shape[0]), "box": n,
         "pixel_size_in_angstroms": pixel, "symmetry": settings.symmetry,
         "restart_log_posteriors": [r.log_posterior for r in result.restarts],
@@ -315,6 +359,8 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
         # the projection of the best sample along the image's estimated pose
         "projection_cross_correlations": [cross_correlation(a, b) for a, b in zip(compared, projections)],
     }
+    if getattr(result, "sampler_report", None):  # acceptance rates and step sizes (gaussian model)
+        summary["samplers"] = result.sampler_report
     if data.counts:
         summary["projection_cross_correlations_note"] = (
             "point clouds: each binned input smoothed by a Gaussian of the components' sigma before comparing")

@@ -1,0 +1,700 @@
+"""Ab initio 3D mixtures with the Gaussian-noise model (thesis chapter 5).
+
+Class averages are taken as they are (any sign, any background level): image i is
+lam_i sum_k exp(-s/2 |x - (Po R_i mu_k + t_i)|^2) plus white Gaussian noise of precision beta_i
+(Eqns. 5.1-5.2, with the per-image scale and noise level that 5.2.3 and 5.2.5 mention).
+
+One Gibbs sweep over the mixture (section 5.2): an HMC trajectory on all means (5.2.1); the
+component precision s by random-walk MH on log s with every lam_i integrated out (Eqns.
+5.32-5.37), then each lam_i exactly from its Gaussian conditional (5.38-5.40); each beta_i from its
+Gamma conditional (5.46-5.48). Pose moves: random-walk MH on every image's rotation in exponential
+coordinates and on its translation, one accept/reject per image (`samplers.image_mh`).
+
+Initial stage (as the Poisson pipeline's, section 3.4.1): a small mixture on Fourier-cropped
+images, started from the prior with uniform random rotations, alternating mixture sweeps with a
+global rotation step (every image's rotation drawn from its marginal posterior over fresh uniform
+rotations and its current one, the Gaussian likelihood with lam_i integrated out, Eqn. 5.41) and
+pose moves; independent restarts ranked by log-posterior. Refinement: the best restart's poses, a
+larger mixture drawn from the best restart's density, the images at full size; warm-up sweeps with
+fixed poses, one global step, then sweeps with pose moves; step sizes adapt during warm-up and
+burn-in and are frozen after; every `refine_thin`-th sample after burn-in is averaged into the
+posterior mean map.
+
+Checkpoints (`load(name)`, `save(name, dict)`, as `pipelines.abinitio`): each finished restart and
+the refinement every `checkpoint_every` steps, with the generator's state and the samplers' step
+sizes, so that a resumed run gives the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import numba
+import numpy as np
+from scipy.spatial.transform import Rotation
+from tqdm.auto import tqdm
+
+from cryogmm.forward.gaussian import energy_and_gradients_on_grid
+from cryogmm.geometry.so3 import random_rotations
+from cryogmm.geometry.symmetry import asymmetric_unit_components, canonical_symmetry_name, symmetry_operators
+from cryogmm.grid import Grid
+from cryogmm.kernels.gaussian_noise import residual_sums_of_squares_kernel
+from cryogmm.kernels.projections import projected_densities_kernel
+from cryogmm.mixture import GaussianMixture, evaluate
+from cryogmm.pipelines.abinitio import AbinitioResult, RestartResult, _rng_state, _set_rng_state
+from cryogmm.preprocess.resample import fourier_crop
+from cryogmm.samplers.gaussian_noise import draw_noise_precision, draw_weight
+from cryogmm.samplers.hmc import HMC, HMCState, adapted_step_size
+from cryogmm.samplers.image_mh import BlockMH, BlockMHState, gaussian_proposal
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GaussianAbinitioSettings:
+    """All settings of a Gaussian-noise ab initio run (defaults: thesis 5.3, scaled for speed)."""
+
+    symmetry: str = "C1"
+    n_restarts: int = 4
+    # initial stage
+    n_components_initial: int = 50
+    initial_box: int = 24
+    n_rotations: int = 1000
+    n_cycles: int = 20
+    mixture_steps: int = 5
+    pose_steps: int = 10
+    # the initial stage's energy is divided by a temperature falling geometrically from this
+    # value to 1 over the cycles (annealing: the sharp Gaussian likelihood otherwise freezes
+    # the first, wrong rotations)
+    initial_temperature: float = 30.0
+    local_spreads_in_degrees: tuple[float, ...] = (8.0, 4.0, 2.0)
+    local_candidates: int = 20
+    # refinement stage
+    n_components: int = 500
+    refine_mixture_steps: int = 20
+    refine_steps: int = 60
+    refine_burn_in: int = 30
+    refine_thin: int = 3
+    refine_pose_steps: int = 4
+    refine_translations: bool = True
+    max_shift_in_angstroms: float | None = None
+    # samplers
+    n_leapfrog: int = 10
+    cutoff_sigmas: float = 4.0
+    a_beta: float = 1.0
+    b_beta: float = 0.0
+    checkpoint_every: int = 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "symmetry", canonical_symmetry_name(self.symmetry))
+        for name in ("n_restarts", "n_components_initial", "initial_box", "n_rotations", "n_cycles",
+                     "n_components", "refine_thin", "n_leapfrog", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("mixture_steps", "pose_steps", "refine_mixture_steps", "refine_steps", "refine_burn_in",
+                     "refine_pose_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if self.refine_burn_in >= self.refine_steps and self.refine_steps > 0:
+            raise ValueError(f"refine_burn_in ({self.refine_burn_in}) must be below refine_steps ({self.refine_steps})")
+        if not self.initial_temperature >= 1.0:
+            raise ValueError(f"initial_temperature must be at least 1, got {self.initial_temperature}")
+        if not self.cutoff_sigmas > 0:
+            raise ValueError(f"cutoff_sigmas must be positive, got {self.cutoff_sigmas}")
+
+
+@dataclass(frozen=True)
+class GaussianState:
+    """means (K, 3) of the asymmetric unit in Å; size s in 1/Å²; scales lam_i (N,);
+    noise_precisions beta_i (N,); rotations (N, 3, 3) RELION matrices; translations (N, 2) Å."""
+
+    means: np.ndarray
+    size: float
+    scales: np.ndarray
+    noise_precisions: np.ndarray
+    rotations: np.ndarray
+    translations: np.ndarray
+
+
+@dataclass(frozen=True)
+class GaussianAbinitioResult(AbinitioResult):
+    noise_model: str = "gaussian"
+    # acceptance rates and step sizes of every sampler, per stage
+    sampler_report: dict = field(default_factory=dict)
+    scales: np.ndarray | None = None
+    noise_precisions: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class GaussianModel:
+    """The images and the fixed parts of the model: prior precision r of the means, symmetry
+    operators (G, 3, 3) (the state holds the asymmetric unit; its copies S_g mu_k each enter
+    Eqn. 5.2), the k-sigma cut-off and the Gamma prior of each beta_i."""
+
+    images: np.ndarray  # (N, n, n)
+    pixel_size_in_angstroms: float
+    mean_precision: float
+    operators: np.ndarray
+    cutoff_sigmas: float = 4.0
+    a_beta: float = 1.0
+    b_beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "images", np.ascontiguousarray(self.images, dtype=np.float64))
+        n = self.images.shape[-1]
+        object.__setattr__(self, "origin", np.full(2, -(n // 2) * self.pixel_size_in_angstroms))
+
+    @property
+    def n_images(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def box(self) -> int:
+        return self.images.shape[-1]
+
+    def full_means(self, means: np.ndarray) -> np.ndarray:
+        """(G K, 3) means S_g mu_k, g-major (as samplers.projected.expand_symmetry)."""
+        return (means[None] @ self.operators.transpose(0, 2, 1)).reshape(-1, 3)
+
+    def centres(self, means, rotations, translations) -> np.ndarray:
+        """(N, G K, 2) projected centres Po R_i S_g mu_k + t_i."""
+        rotated = self.full_means(means) @ rotations.transpose(0, 2, 1)
+        return np.ascontiguousarray(rotated[..., :2] + translations[:, None, :])
+
+    def energy_and_mean_gradient(self, state: GaussianState, means: np.ndarray) -> tuple[float, np.ndarray]:
+        """E (Eqns. 5.15-5.17) at `means` (K, 3) with the rest of `state`, and dE/dmeans (K, 3)."""
+        g = self.operators.shape[0]
+        # r / G on each of the G copies is the prior r on the asymmetric unit
+        energy, gradients = energy_and_gradients_on_grid(
+            self.images, self.origin, self.pixel_size_in_angstroms, self.full_means(means), state.rotations,
+            state.translations, scale=state.scales, size=state.size, noise_precision=state.noise_precisions,
+            mean_precision=self.mean_precision / g, a_beta=self.a_beta, b_beta=self.b_beta,
+            cutoff_sigmas=self.cutoff_sigmas)
+        pooled = np.einsum("gka,gab->kb", gradients.means.reshape(g, -1, 3), self.operators)
+        return energy, pooled
+
+    def energy(self, state: GaussianState) -> float:
+        return self.energy_and_mean_gradient(state, state.means)[0]
+
+    def sums_of_squares(self, means, rotations, translations, scales, size) -> np.ndarray:
+        """(N,) sum_j (y_ij - yhat_ij)^2."""
+        return residual_sums_of_squares_kernel(self.images, self.centres(means, rotations, translations),
+                                               np.asarray(scales, dtype=np.float64), float(size), self.origin,
+                                               self.pixel_size_in_angstroms, float(self.cutoff_sigmas),
+                                               np.empty_like(self.images))
+
+    def unit_predictions(self, means, rotations, translations, size) -> np.ndarray:
+        """(N, n, n) predictions with lam = 1: the residual of zero images at scale -1."""
+        out = np.empty_like(self.images)
+        residual_sums_of_squares_kernel(np.zeros_like(self.images), self.centres(means, rotations, translations),
+                                        -np.ones(self.n_images), float(size), self.origin,
+                                        self.pixel_size_in_angstroms, float(self.cutoff_sigmas), out)
+        return out
+
+    def pose_energies(self, state: GaussianState, rotations, translations) -> np.ndarray:
+        """(N,) E_i = beta_i / 2 sum_j (y_ij - yhat_ij)^2 (Eqns. 5.28, 5.45): the energy of each pose."""
+        squares = self.sums_of_squares(state.means, rotations, translations, state.scales, state.size)
+        return 0.5 * state.noise_precisions * squares
+
+
+def default_mean_precision(images: np.ndarray, pixel_size_in_angstroms: float) -> float:
+    """r = 2 / (mean square 2D distance from the image centre, weighted by the positive part of the
+    images), the thesis' default (3.1.5) read on class averages of any sign."""
+    n = images.shape[-1]
+    coords = (np.arange(n) - n // 2) * pixel_size_in_angstroms
+    r2 = coords[None, :] ** 2 + coords[:, None] ** 2
+    weights = np.clip(images, 0.0, None).sum(0)
+    if weights.sum() <= 0:
+        raise ValueError("the images have no positive pixels: the particles must be brighter than the background")
+    return 2.0 / max(float((weights * r2).sum() / weights.sum()), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gibbs blocks
+
+
+def _rotation_proposal(rng: np.random.Generator, rotations: np.ndarray, step_size: float) -> np.ndarray:
+    """expm([w_i]_x) R_i for every image, w_i ~ N(0, step_size^2 I) (samplers.rotation_mh, batched)."""
+    return Rotation.from_rotvec(step_size * rng.standard_normal((len(rotations), 3))).as_matrix() @ rotations
+
+
+@dataclass
+class _Tuning:
+    """Step sizes and adaptation counters of every sampler in one chain (mutable, checkpointed)."""
+
+    means_step: float = 0.1
+    size_step: float = 0.05
+    rotation_step: float = 0.02
+    translation_step: float = 0.5
+    iteration: int = 0
+    acceptance: dict = field(default_factory=dict)
+
+    def record(self, name: str, value: float) -> None:
+        total, count = self.acceptance.get(name, (0.0, 0))
+        self.acceptance[name] = (total + float(value), count + 1)
+
+    def report(self) -> dict:
+        return {"acceptance_rates": {k: t / max(c, 1) for k, (t, c) in self.acceptance.items()},
+                "step_sizes": {"means": self.means_step, "log_size": self.size_step,
+                               "rotations_in_radians": self.rotation_step,
+                               "translations_in_angstroms": self.translation_step}}
+
+    def to_arrays(self, prefix: str = "tuning_") -> dict:
+        names = sorted(self.acceptance)
+        return {f"{prefix}steps": np.array([self.means_step, self.size_step, self.rotation_step,
+                                            self.translation_step, self.iteration]),
+                f"{prefix}names": np.array(names or [""]),
+                f"{prefix}acceptance": np.array([self.acceptance[n] for n in names] or [(0.0, 0)], dtype=float)}
+
+    @classmethod
+    def from_arrays(cls, d: dict, prefix: str = "tuning_") -> "_Tuning":
+        steps = np.asarray(d[f"{prefix}steps"])
+        acceptance = {str(n): (float(t), int(c)) for n, (t, c) in zip(d[f"{prefix}names"], d[f"{prefix}acceptance"])
+                      if str(n)}
+        return cls(float(steps[0]), float(steps[1]), float(steps[2]), float(steps[3]), int(steps[4]), acceptance)
+
+
+def _integrated_size_energy(model: GaussianModel, state: GaussianState, size: float):
+    """E~(s) of Eqns. 5.36/5.41 with each lam_i integrated out under its flat prior:
+    sum_i [log(beta_i A_i) / 2 - beta_i B_i^2 / (2 A_i)], A_i = |ytilde_i|^2, B_i = y_i . ytilde_i;
+    also returns the unit predictions ytilde (N, n, n)."""
+    unit = model.unit_predictions(state.means, state.rotations, state.translations, size)
+    flat = unit.reshape(model.n_images, -1)
+    a = np.einsum("ij,ij->i", flat, flat)
+    if np.any(a <= 0):
+        return np.inf, unit
+    b = np.einsum("ij,ij->i", model.images.reshape(model.n_images, -1), flat)
+    beta = state.noise_precisions
+    return float(np.sum(0.5 * np.log(beta * a) - 0.5 * beta * b**2 / a)), unit
+
+
+def mixture_sweep(rng: np.random.Generator, model: GaussianModel, state: GaussianState, tuning: _Tuning, *,
+                  n_leapfrog: int, adapt: bool, temperature: float = 1.0) -> tuple[GaussianState, dict]:
+    """One sweep: HMC on the means, MH on log s with lam integrated out, exact lam_i, exact beta_i.
+    `temperature` divides the energy (tempering); 1 is the posterior."""
+    adapt_steps = tuning.iteration + 1 if adapt else 0
+    hmc = HMC(energy_and_gradient=lambda q: _scaled(model.energy_and_mean_gradient(
+        state, q.reshape(-1, 3)), temperature), n_leapfrog=n_leapfrog, adapt_steps=adapt_steps,
+        target_acceptance=0.8, adaptation_rate=0.5)
+    h = hmc.init(rng, state.means.ravel(), step_size=tuning.means_step)
+    h, info = hmc.step(rng, HMCState(h.position, h.energy, h.gradient, h.step_size, tuning.iteration))
+    tuning.means_step = h.step_size
+    tuning.record("means", info["acceptance"])
+    state = replace(state, means=h.position.reshape(-1, 3))
+
+    # s by MH on log s (flat prior on s: the Jacobian s'/s), lam_i integrated out (Eqn. 5.36)
+    e_old, unit_old = _integrated_size_energy(model, state, state.size)
+    proposed = state.size * math.exp(tuning.size_step * rng.standard_normal())
+    e_new, unit_new = _integrated_size_energy(model, state, proposed)
+    log_ratio = (e_old - e_new) / temperature + math.log(proposed / state.size)
+    acceptance = math.exp(min(0.0, log_ratio)) if np.isfinite(log_ratio) else 0.0
+    accepted = rng.random() < acceptance
+    tuning.size_step = adapted_step_size(tuning.size_step, acceptance, tuning.iteration + 1, adapt_steps=adapt_steps,
+                                         target=0.4, rate=0.05)
+    tuning.record("size", acceptance)
+    size, unit = (proposed, unit_new) if accepted else (state.size, unit_old)
+
+    # lam_i | s (Eqns. 5.38-5.40) and beta_i (Eqns. 5.46-5.48), image by image; at temperature T
+    # the conditionals of the tempered target are those of beta_i / T
+    betas = state.noise_precisions
+    scales = np.array([draw_weight(rng, y, u, b / temperature) for y, u, b in zip(model.images, unit, betas)])
+    residual = model.images - scales[:, None, None] * unit
+    if temperature == 1.0:
+        betas = np.array([draw_noise_precision(rng, r, 0.0, a_beta=model.a_beta, b_beta=model.b_beta)
+                          for r in residual])
+    else:
+        betas = _tempered_noise_precisions(rng, model, residual, temperature)
+    tuning.iteration += 1
+    state = replace(state, size=float(size), scales=scales, noise_precisions=betas)
+    return state, {"energy": h.energy * temperature}
+
+
+def _scaled(value, temperature):
+    energy, gradient = value
+    return energy / temperature, gradient.ravel() / temperature
+
+
+def _tempered_noise_precisions(rng, model, residual, temperature):
+    """beta_i from p(beta_i | rest)^(1/T): Gamma((P/2 + a - 1) / T + 1, (|e_i|^2 / 2 + b) / T)."""
+    n_values = residual[0].size
+    shape = (0.5 * n_values + model.a_beta - 1.0) / temperature + 1.0
+    rate = (0.5 * np.sum(residual.reshape(len(residual), -1) ** 2, axis=1) + model.b_beta) / temperature
+    return rng.gamma(shape, 1.0 / rate)
+
+
+def pose_moves(rng: np.random.Generator, model: GaussianModel, state: GaussianState, tuning: _Tuning, *,
+               n_steps: int, translations: bool, adapt: bool, max_shift_in_angstroms: float,
+               temperature: float = 1.0) -> GaussianState:
+    """`n_steps` rounds of per-image MH on the rotations, then on the translations (within a disc
+    of `max_shift_in_angstroms`: a flat prior on it)."""
+    adapt_steps = tuning.iteration + n_steps if adapt else 0
+
+    def run(name, energies, propose, position, step_size):
+        sampler = BlockMH(energies=energies, propose=propose, adapt_steps=adapt_steps)
+        s = sampler.init(rng, position, step_size=step_size)
+        s = BlockMHState(s.position, s.energies, s.step_size, tuning.iteration)
+        for _ in range(n_steps):
+            s, info = sampler.step(rng, s)
+            tuning.record(name, info["acceptance"])
+        return s.position, s.step_size
+
+    def rotation_energies(rotations):
+        return model.pose_energies(state, rotations, state.translations) / temperature
+
+    rotations, tuning.rotation_step = run("rotations", rotation_energies, _rotation_proposal, state.rotations,
+                                          tuning.rotation_step)
+    state = replace(state, rotations=rotations)
+    if not translations:
+        return state
+
+    def translation_energies(t):
+        e = model.pose_energies(state, state.rotations, t) / temperature
+        return np.where(np.sum(t**2, axis=1) <= max_shift_in_angstroms**2, e, np.inf)
+
+    shifts, tuning.translation_step = run("translations", translation_energies, gaussian_proposal,
+                                          state.translations, tuning.translation_step)
+    return replace(state, translations=shifts)
+
+
+def rotation_table(model: GaussianModel, state: GaussianState, candidates: np.ndarray, chunk: int = 128) -> np.ndarray:
+    """(N, M) log p(y_i | R_m, rest) with lam_i integrated out (Eqn. 5.41): beta_i B_im^2 / (2 A_m)
+    - log(beta_i A_m) / 2 with A_m = |ytilde_m|^2, B_im = max(y_i . ytilde_m, 0) (a positive
+    weight); each image at its current translation (the projections are made at zero shift
+    and the images moved back by their translations to the nearest pixel)."""
+    full = model.full_means(state.means)
+    n = model.box
+    pixel = model.pixel_size_in_angstroms
+    shifts = np.rint(state.translations / pixel).astype(int)
+    images = np.stack([np.roll(y, (-dy, -dx), axis=(0, 1)) for y, (dx, dy) in zip(model.images, shifts)])
+    flat_images = images.reshape(model.n_images, -1)
+    origin = np.array([model.origin[0], model.origin[1], 0.0])
+    table = np.empty((model.n_images, len(candidates)))
+    for start in range(0, len(candidates), chunk):
+        rotations = candidates[start:start + chunk]
+        means = np.ascontiguousarray(full @ rotations.transpose(0, 2, 1))
+        means[:, :, 2] = 0.0
+        out = np.empty((len(rotations), n, n))
+        projected_densities_kernel(means, np.ones(len(full)), float(state.size), origin, pixel,
+                                   float(model.cutoff_sigmas), out)
+        unit = out.reshape(len(rotations), -1)
+        a = np.maximum(np.einsum("mj,mj->m", unit, unit), 1e-300)
+        b = np.maximum(flat_images @ unit.T, 0.0)
+        beta = state.noise_precisions[:, None]
+        table[:, start:start + len(rotations)] = 0.5 * beta * b**2 / a - 0.5 * np.log(beta * a)
+    return table
+
+
+def global_rotation_step(rng: np.random.Generator, model: GaussianModel, state: GaussianState, n_rotations: int,
+                         temperature: float = 1.0) -> tuple[GaussianState, dict]:
+    """Every image's rotation drawn from its marginal posterior over `n_rotations` fresh uniform
+    rotations and its current one (discrete approximation, Eqns. 3.8-3.11 with the Gaussian
+    likelihood): Gumbel-max on the table."""
+    candidates = np.concatenate([random_rotations(rng, n_rotations), state.rotations])
+    table = rotation_table(model, state, candidates) / temperature
+    choice = np.argmax(table + rng.gumbel(size=table.shape), axis=1)
+    info = {"kept_current": int((choice >= n_rotations).sum())}
+    return replace(state, rotations=candidates[choice]), info
+
+
+def local_rotation_search(rng: np.random.Generator, model: GaussianModel, state: GaussianState, n_candidates: int,
+                          spread_in_degrees: float, temperature: float = 1.0) -> GaussianState:
+    """Each rotation drawn from its conditional by sampling-importance-resampling with a local
+    proposal (as the Poisson pipeline's `local_rotation_search`): the current rotation and
+    `n_candidates` turns expm([w]_x) R_i, w ~ N(0, spread^2 I), weighted by likelihood over
+    proposal density, one kept per image (Gumbel-max). It moves a rotation across the spacing of
+    the global table in one step, where the random-walk moves creep."""
+    spread = math.radians(spread_in_degrees)
+    n = model.n_images
+    log_weights = np.empty((n, n_candidates + 1))
+    candidates = np.empty((n, n_candidates + 1, 3, 3))
+    candidates[:, 0] = state.rotations
+    log_weights[:, 0] = -model.pose_energies(state, state.rotations, state.translations) / temperature
+    for c in range(1, n_candidates + 1):
+        w = spread * rng.standard_normal((n, 3))
+        candidates[:, c] = Rotation.from_rotvec(w).as_matrix() @ state.rotations
+        log_weights[:, c] = -model.pose_energies(state, candidates[:, c], state.translations) / temperature
+    # the proposal density of a candidate, N(w; 0, spread^2) (the current one: at w = 0)
+    angles = np.degrees(np.arccos(np.clip((np.einsum("nij,ncij->nc", state.rotations, candidates) - 1) / 2, -1, 1)))
+    log_weights += 0.5 * (np.radians(angles) / spread) ** 2
+    choice = np.argmax(log_weights + rng.gumbel(size=log_weights.shape), axis=1)
+    return replace(state, rotations=candidates[np.arange(n), choice])
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+def _initial_state(rng: np.random.Generator, model: GaussianModel, n_components: int, sigma_in_angstroms: float,
+                   rotations=None, means=None) -> GaussianState:
+    n = model.n_images
+    if means is None:
+        means = rng.normal(scale=1.0 / math.sqrt(model.mean_precision), size=(n_components, 3))
+    if rotations is None:
+        rotations = random_rotations(rng, n)
+    state = GaussianState(np.asarray(means, dtype=np.float64), 1.0 / sigma_in_angstroms**2, np.ones(n),
+                          np.ones(n), np.asarray(rotations, dtype=np.float64), np.zeros((n, 2)))
+    return _draw_scales_and_noise(rng, model, state)
+
+
+def _draw_scales_and_noise(rng, model: GaussianModel, state: GaussianState) -> GaussianState:
+    """lam_i at its conditional mean, then beta_i exactly, so that a chain starts consistent."""
+    unit = model.unit_predictions(state.means, state.rotations, state.translations, state.size)
+    flat = unit.reshape(model.n_images, -1)
+    a = np.maximum(np.einsum("ij,ij->i", flat, flat), 1e-300)
+    scales = np.maximum(np.einsum("ij,ij->i", model.images.reshape(model.n_images, -1), flat) / a, 1e-6)
+    residual = model.images - scales[:, None, None] * unit
+    betas = np.array([draw_noise_precision(rng, r, 0.0, a_beta=model.a_beta, b_beta=model.b_beta) for r in residual])
+    return replace(state, scales=scales, noise_precisions=betas)
+
+
+def crop_images(images: np.ndarray, pixel_size_in_angstroms: float, box: int) -> tuple[np.ndarray, float]:
+    """Fourier-crop to `box` (not above the input size); the new pixel size."""
+    n = images.shape[-1]
+    box = min(int(box), n)
+    small = fourier_crop(images, box) if box < n else np.asarray(images, dtype=np.float64)
+    return np.asarray(small, dtype=np.float64), pixel_size_in_angstroms * n / box
+
+
+def _restart_model(images, pixel, settings: GaussianAbinitioSettings, box: int) -> GaussianModel:
+    small, small_pixel = crop_images(images, pixel, box)
+    return GaussianModel(small, small_pixel, default_mean_precision(small, small_pixel),
+                         symmetry_operators(settings.symmetry), settings.cutoff_sigmas, settings.a_beta,
+                         settings.b_beta)
+
+
+def annealing_temperature(initial: float, cycle: int, n_cycles: int) -> float:
+    """initial^(1 - cycle / (n_cycles - 1)): from `initial` at the first cycle to 1 at the last."""
+    return float(initial ** (1.0 - cycle / max(n_cycles - 1, 1)))
+
+
+def run_restart(index: int, seed_sequence: np.random.SeedSequence, model: GaussianModel,
+                settings: GaussianAbinitioSettings, max_shift_in_angstroms: float,
+                progress: bool = False) -> tuple[RestartResult, GaussianState, dict]:
+    """One run of the initial stage; returns the result, its final state and its sampler report."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed_sequence)
+    k = asymmetric_unit_components(settings.n_components_initial, settings.symmetry)
+    # components start at 0.4 of the particle's per-axis spread (1 / sqrt(r))
+    sigma = max(0.4 / math.sqrt(model.mean_precision), 2.0 * model.pixel_size_in_angstroms)
+    state = _initial_state(rng, model, k, sigma)
+    tuning = _Tuning()
+    trace = []
+    translations = settings.refine_translations and max_shift_in_angstroms > 0
+    bar = tqdm(total=settings.n_cycles, desc=f"restart {index + 1}", disable=not progress, leave=False, unit="cycle")
+    try:
+        for cycle in range(settings.n_cycles):
+            temperature = annealing_temperature(settings.initial_temperature, cycle, settings.n_cycles)
+            for _ in range(settings.mixture_steps):
+                state, info = mixture_sweep(rng, model, state, tuning, n_leapfrog=settings.n_leapfrog, adapt=True,
+                                            temperature=temperature)
+                trace.append(-info["energy"])
+            state, _ = global_rotation_step(rng, model, state, settings.n_rotations, temperature=temperature)
+            for spread in settings.local_spreads_in_degrees:
+                state = local_rotation_search(rng, model, state, settings.local_candidates, spread, temperature)
+            state = pose_moves(rng, model, state, tuning, n_steps=settings.pose_steps, translations=translations,
+                               adapt=True, max_shift_in_angstroms=max_shift_in_angstroms, temperature=temperature)
+            bar.update(1)
+    finally:
+        bar.close()
+    log_posterior = -model.energy(state)
+    trace.append(log_posterior)
+    mixture = GaussianMixture(state.means, np.full(k, 1.0 / k), state.size)
+    result = RestartResult(index, log_posterior, mixture, state.rotations, np.asarray(trace),
+                           time.perf_counter() - start)
+    return result, state, tuning.report()
+
+
+def _state_arrays(prefix: str, state: GaussianState) -> dict:
+    return {f"{prefix}means": state.means, f"{prefix}size": np.array(state.size), f"{prefix}scales": state.scales,
+            f"{prefix}noise_precisions": state.noise_precisions, f"{prefix}rotations": state.rotations,
+            f"{prefix}translations": state.translations}
+
+
+def _state_from(prefix: str, d: dict) -> GaussianState:
+    return GaussianState(np.asarray(d[f"{prefix}means"]), float(d[f"{prefix}size"]), np.asarray(d[f"{prefix}scales"]),
+                         np.asarray(d[f"{prefix}noise_precisions"]), np.asarray(d[f"{prefix}rotations"]),
+                         np.asarray(d[f"{prefix}translations"]))
+
+
+def default_max_shift_in_angstroms(box: int, pixel_size_in_angstroms: float) -> float:
+    """10% of the box, at least 2 pixels (as the Poisson pipeline)."""
+    return max(0.1 * box, 2.0) * pixel_size_in_angstroms
+
+
+def run_gaussian_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: GaussianAbinitioSettings,
+                          seed: int, *, checkpoint=None, progress: bool = False,
+                          threads: int | None = None) -> GaussianAbinitioResult:
+    """The whole Gaussian-noise ab initio pipeline on square images `(N, n, n)` of any sign.
+
+    checkpoint : optional object with `load(name) -> dict | None` and `save(name, dict)`.
+    threads : numba threads of the kernels (over images) during the run (default: numba's).
+    The restarts run one after another.
+    """
+    previous = numba.get_num_threads()
+    if threads is not None:
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return _run(images, pixel_size_in_angstroms, settings, seed, checkpoint, progress)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _run(images, pixel_size_in_angstroms, settings, seed, checkpoint, progress) -> GaussianAbinitioResult:
+    images = np.asarray(images, dtype=np.float64)
+    pixel = float(pixel_size_in_angstroms)
+    timings: dict = {}
+    report: dict = {"restarts": {}}
+    t0 = time.perf_counter()
+    seeds = np.random.SeedSequence(seed).spawn(settings.n_restarts + 1)
+    max_shift = settings.max_shift_in_angstroms
+    if max_shift is None:
+        max_shift = default_max_shift_in_angstroms(images.shape[-1], pixel)
+    if not settings.refine_translations:
+        max_shift = 0.0
+    model = _restart_model(images, pixel, settings, settings.initial_box)
+    logger.info("noise model gaussian: initial stage: %d restarts, K = %d, %d images of %d px at %.3g Å/px, "
+                "N_R = %d, symmetry %s", settings.n_restarts, settings.n_components_initial, model.n_images,
+                model.box, model.pixel_size_in_angstroms, settings.n_rotations, settings.symmetry)
+    restarts: dict[int, RestartResult] = {}
+    states: dict[int, GaussianState] = {}
+    before = 0.0
+    for i in range(settings.n_restarts):
+        saved = checkpoint.load(f"restart_{i}") if checkpoint is not None else None
+        if saved is not None:
+            restarts[i] = RestartResult(i, float(saved["log_posterior"]),
+                                        GaussianMixture(saved["means"], np.full(len(saved["means"]), 1.0 / len(saved["means"])),
+                                                        float(saved["size"])),
+                                        np.asarray(saved["rotations"]), np.asarray(saved["trace"]), float(saved["seconds"]))
+            states[i] = _state_from("", saved)
+            report["restarts"][str(i + 1)] = {"resumed": True}
+            before = max(before, float(saved["stage_elapsed_seconds"]))
+            timings["resumed"] = True
+            continue
+        result, state, tuning = run_restart(i, seeds[i], model, settings, max_shift, progress)
+        restarts[i], states[i] = result, state
+        report["restarts"][str(i + 1)] = tuning
+        logger.info("restart %d: log-posterior %.6g (%.1f s); acceptance %s; step sizes %s", i + 1,
+                    result.log_posterior, result.seconds, _rounded(tuning["acceptance_rates"]),
+                    _rounded(tuning["step_sizes"]))
+        if checkpoint is not None:
+            checkpoint.save(f"restart_{i}", {
+                **_state_arrays("", state), "log_posterior": np.array(result.log_posterior), "trace": result.trace,
+                "seconds": np.array(result.seconds),
+                "stage_elapsed_seconds": np.array(before + time.perf_counter() - t0)})
+    best = max(restarts.values(), key=lambda r: r.log_posterior)
+    timings["initial_stage_seconds"] = before + time.perf_counter() - t0 if len(report["restarts"]) else before
+    logger.info("best restart: %d (log-posterior %.6g)", best.index + 1, best.log_posterior)
+
+    t1 = time.perf_counter()
+    refined = _refine(images, pixel, settings, seeds[-1], states[best.index], max_shift, checkpoint, progress, timings)
+    report["refinement"] = refined.pop("report")
+    timings["refinement_seconds"] = timings.pop("refinement_seconds_before_resume", 0.0) + time.perf_counter() - t1
+    timings["total_seconds"] = timings["initial_stage_seconds"] + timings["refinement_seconds"]
+    return GaussianAbinitioResult(settings=settings, restarts=[restarts[i] for i in range(settings.n_restarts)],
+                                  best_restart=best.index, timings=timings, sampler_report=report, **refined)
+
+
+def _rounded(d: dict) -> dict:
+    return {k: float(f"{v:.3g}") for k, v in d.items()}
+
+
+def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, start: GaussianState,
+            max_shift: float, checkpoint, progress: bool, timings: dict) -> dict:
+    """The refinement stage; returns the fields of GaussianAbinitioResult it owns."""
+    started = time.perf_counter()
+    before = 0.0
+    model = GaussianModel(images, pixel, default_mean_precision(images, pixel), symmetry_operators(settings.symmetry),
+                          settings.cutoff_sigmas, settings.a_beta, settings.b_beta)
+    g = model.operators.shape[0]
+    k = asymmetric_unit_components(settings.n_components, settings.symmetry)
+    n_box = images.shape[-1]
+    grid = Grid.centered((n_box,) * 3, pixel)
+    translations = max_shift > 0
+    warm = settings.refine_mixture_steps
+    total = warm + settings.refine_steps
+    rng = np.random.default_rng(seed_sequence)
+    saved = checkpoint.load("refinement") if checkpoint is not None else None
+    if saved is not None:
+        _set_rng_state(rng, saved["rng"])
+        state, best_state = _state_from("", saved), _state_from("best_", saved)
+        tuning = _Tuning.from_arrays(saved)
+        step, trace, sigmas = int(saved["step"]), list(saved["trace"]), list(saved["sigmas"])
+        mean_sum, n_samples = np.asarray(saved["mean_sum"]), int(saved["n_samples"])
+        best_lp = float(saved["best_log_posterior"])
+        before = float(saved["elapsed_seconds"])
+        timings["refinement_seconds_before_resume"] = before
+        timings["resumed"] = True
+        logger.info("resuming the refinement at step %d of %d", step, total)
+    else:
+        # K components drawn from the initial stage's density; sigma shrinks as K^(-1/3)
+        k0 = len(start.means)
+        sigma0 = 1.0 / math.sqrt(start.size)
+        means = start.means[rng.integers(k0, size=k)] + sigma0 * rng.standard_normal((k, 3))
+        sigma = sigma0 * (k0 / k) ** (1.0 / 3.0)
+        state = replace(_initial_state(rng, model, k, sigma, rotations=start.rotations, means=means),
+                        translations=start.translations.copy())
+        state = _draw_scales_and_noise(rng, model, state)
+        tuning = _Tuning(rotation_step=0.01, translation_step=0.25 * pixel)
+        step, trace, sigmas = 0, [], []
+        mean_sum, n_samples = np.zeros(grid.shape), 0
+        best_lp, best_state = -np.inf, state
+    logger.info("refinement: K = %d, %d images of %d px, translations %s; %d warm-up sweeps, %d sweeps (burn-in %d)",
+                settings.n_components, model.n_images, model.box,
+                f"within {max_shift:.3g} Å" if translations else "fixed", warm, settings.refine_steps,
+                settings.refine_burn_in)
+    adapt_until = warm + settings.refine_burn_in
+    bar = tqdm(total=total, initial=step, desc="refinement", disable=not progress, leave=False, unit="sweep")
+    try:
+        while step < total:
+            adapt = step < adapt_until
+            if step == warm:  # the poses came from coarse images: one global step at full size
+                state, info = global_rotation_step(rng, model, state, settings.n_rotations)
+                logger.info("refinement: global rotation step kept %d of %d rotations", info["kept_current"],
+                            model.n_images)
+            state, info = mixture_sweep(rng, model, state, tuning, n_leapfrog=settings.n_leapfrog, adapt=adapt)
+            if step >= warm:
+                state = pose_moves(rng, model, state, tuning, n_steps=settings.refine_pose_steps,
+                                   translations=translations, adapt=adapt, max_shift_in_angstroms=max_shift)
+            step += 1
+            lp = -info["energy"]
+            trace.append(lp)
+            sigmas.append(1.0 / math.sqrt(state.size))
+            done = step - warm
+            if done > settings.refine_burn_in and (done - settings.refine_burn_in) % settings.refine_thin == 0:
+                mean_sum += evaluate(_full_mixture(model, state), grid)
+                n_samples += 1
+            if step > warm and lp > best_lp:
+                best_lp, best_state = lp, state
+            bar.update(1)
+            if checkpoint is not None and step % settings.checkpoint_every == 0 and step < total:
+                checkpoint.save("refinement", {
+                    "elapsed_seconds": np.array(before + time.perf_counter() - started), "rng": _rng_state(rng),
+                    "step": np.array(step), "trace": np.asarray(trace), "sigmas": np.asarray(sigmas),
+                    "mean_sum": mean_sum, "n_samples": np.array(n_samples), "best_log_posterior": np.array(best_lp),
+                    **_state_arrays("", state), **_state_arrays("best_", best_state), **tuning.to_arrays()})
+    finally:
+        bar.close()
+    final_lp = -model.energy(state)
+    trace.append(final_lp)
+    sigmas.append(1.0 / math.sqrt(state.size))
+    if final_lp > best_lp:
+        best_lp, best_state = final_lp, state
+    if n_samples == 0:
+        mean_sum, n_samples = evaluate(_full_mixture(model, state), grid), 1
+    report = tuning.report()
+    logger.info("refinement: acceptance %s; step sizes %s", _rounded(report["acceptance_rates"]),
+                _rounded(report["step_sizes"]))
+    mixture = GaussianMixture(best_state.means, np.full(k, 1.0 / k), best_state.size)
+    return dict(mixture=mixture, full_mixture=_full_mixture(model, best_state), rotations=state.rotations,
+                translations_in_angstroms=state.translations, posterior_mean=mean_sum / n_samples,
+                n_samples=n_samples, refine_trace=np.asarray(trace), sigma_trace=np.asarray(sigmas),
+                log_posterior=final_lp, scales=state.scales, noise_precisions=state.noise_precisions,
+                report=report | {"frozen_after_sweep": adapt_until, "n_images": model.n_images, "groups": g})
+
+
+def _full_mixture(model: GaussianModel, state: GaussianState) -> GaussianMixture:
+    full = model.full_means(state.means)
+    return GaussianMixture(full, np.full(len(full), 1.0 / len(full)), state.size)

@@ -1,0 +1,68 @@
+"""`cryogmm abinitio --noise-model gaussian`: outputs and refusals of bad input (its resume: test_abinitio_cli)."""
+
+from __future__ import annotations
+
+import json
+import numpy as np
+import pytest
+
+from cryogmm.cli import main
+from cryogmm.geometry.so3 import random_rotations
+from cryogmm.io.mrc import write_stack
+from cryogmm.simulate.images import add_noise, project_atoms
+from cryogmm.simulate.phantom import asymmetric_phantom
+
+PIXEL = 6.0
+BOX = 20
+TINY = ["--noise-model", "gaussian", "--restarts", "2", "--jobs", "1", "--components-initial", "10",
+        "--components", "20", "--initial-box", "16", "--rotations", "50", "--cycles", "2", "--refine-steps", "6",
+        "--burn-in", "2", "--thin", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def images():
+    coordinates, z = asymmetric_phantom(800)
+    rotations = random_rotations(np.random.default_rng(4), 6)
+    clean = project_atoms(coordinates, z, rotations, None, 20.0, BOX, PIXEL, dtype=np.float64)
+    # class averages as they come: zero-mean noise, a background offset, negative pixels
+    return add_noise(np.random.default_rng(1), clean, 10.0) - 0.05 * clean.max()
+
+
+@pytest.fixture
+def stack(tmp_path, images):
+    path = tmp_path / "averages.mrcs"
+    write_stack(path, images, PIXEL)
+    return path
+
+
+def test_gaussian_model_takes_negative_images_and_writes_every_output(tmp_path, stack):
+    out = tmp_path / "run"
+    assert main(["abinitio", str(stack), "--seed", "3", "--output", str(out)] + TINY) == 0
+    assert {"map.mrc", "pseudoatoms.pdb", "orientations.star", "summary.json", "run.log"} <= {p.name for p in out.iterdir()}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["noise_model"] == "gaussian"
+    refinement = summary["samplers"]["refinement"]
+    for block in ("means", "size", "rotations", "translations"):
+        assert 0.0 < refinement["acceptance_rates"][block] <= 1.0
+        assert refinement["step_sizes"][{"means": "means", "size": "log_size", "rotations": "rotations_in_radians",
+                                         "translations": "translations_in_angstroms"}[block]] > 0
+    assert summary["chosen_restart"] == 1 + int(np.argmax(summary["restart_log_posteriors"]))
+    log = (out / "run.log").read_text()
+    assert "noise model gaussian" in log and "acceptance" in log and "step sizes" in log
+    settings = json.loads((out / "settings.json").read_text())["settings"]
+    assert settings["noise_model"] == "gaussian" and settings["components"] == 20
+    assert settings["resolved"]["initial_temperature"] > 1
+
+
+def _expect_refusal(capsys, argv, fragment, tmp_path, out="run"):
+    assert main(argv + ["--output", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err, err
+    assert not (tmp_path / out).exists()
+    assert not (tmp_path / f".{out}.checkpoint").exists()
+
+
+def test_bad_noise_model_options_are_refused(tmp_path, stack, capsys):
+    _expect_refusal(capsys, ["abinitio", str(stack), "--noise-model", "laplace"], "--noise-model laplace", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(stack), "--dask-scheduler", "tcp://x:1"] + TINY, "--dask-scheduler",
+                    tmp_path)

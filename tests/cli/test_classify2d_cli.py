@@ -94,6 +94,17 @@ def test_default_selection_keeps_every_view_and_writes_the_subset(simulated, cla
     assert read_stack(classified / part["rlnImageName"].iloc[0].split("@")[1]).data.shape[1:] == (24, 24)
 
 
+def test_abinitio_prepare_takes_the_selected_class_averages(classified):
+    """`abinitio --prepare DIR/selected_model.star` (what `cryogmm run --no-ctf` does): the kept
+    class averages, masked and centred (it used to read the model file as particles and stop)."""
+    from cryogmm.cli.abinitio import prepare_input
+
+    kept = json.loads((classified / "summary.json").read_text())["selection"]["n_kept_classes"]
+    prepared = prepare_input(classified / "selected_model.star", None)
+    assert prepared.data.images.shape == (kept, 24, 24) and prepared.data.images.min() >= 0
+    assert prepared.deconvolved is None and prepared.prepared is not None
+
+
 def test_deconvolve_reads_the_classification(classified, tmp_path):
     out = tmp_path / "averages.mrcs"
     assert main(["deconvolve", str(classified / "run_data.star"), "--output", str(out), "--groups", "2"]) == 0
@@ -116,6 +127,29 @@ def test_bad_options_are_refused_with_one_line(simulated, tmp_path, capsys, extr
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
+def test_particles_without_a_ctf_are_classified_with_no_ctf(tmp_path):
+    """CTF-free particles (3 views x 30, SNR 0.5) with --no-ctf: the classes are the views (seed 4's
+    views are distinct; seed 5 draws two that match to CC 0.99 after an in-plane turn)."""
+    coordinates, _ = asymmetric_phantom(2000)
+    write_pseudoatoms_pdb(tmp_path / "phantom.pdb", GaussianMixture(coordinates, np.full(2000, 1 / 2000), 1.0))
+    assert main(["simulate-images", str(tmp_path / "phantom.pdb"), "--classes", "3", "--particles-per-class", "30",
+                 "--box", "24", "--pixel-size", "5", "--resolution", "12", "--snr", "0.5", "--max-shift", "4",
+                 "--seed", "4", "--output", str(tmp_path / "sim")]) == 0
+    star = tmp_path / "sim" / "particles.star"
+    assert "rlnDefocusU" not in read_particles(star).particles.columns
+    out = tmp_path / "c2d"
+    assert main(["classify2d", str(star), "--classes", "4", "--iterations", "10", "--psi-step", "10", "--no-ctf",
+                 "--particle-diameter", "110", "--seed", "1", "--quiet", "--output", str(out)]) == 0
+    classes = read_class_averages(out / "run_model.star")
+    truth = read_stack(tmp_path / "sim" / "class_projections.mrcs").data
+    cc, which = best_match_correlations(classes.images, truth, psi_step_in_degrees=5.0, max_shift_in_pixels=3)
+    found = read_particles(out / "run_data.star").particles["rlnClassNumber"].to_numpy()
+    true = read_particles(star).particles["rlnClassNumber"].to_numpy()
+    occupied = np.bincount(found, minlength=5)[1:] > 0
+    assert set(which[occupied].tolist()) == {0, 1, 2} and np.all(cc[occupied] >= 0.9), (cc, which)
+    assert np.mean(true == which[found - 1] + 1) >= 0.9
+
+
 def test_particles_without_ctf_are_refused(simulated, tmp_path, capsys):
     table = read_particles(simulated / "particles.star")
     rows = table.particles.drop(columns=[c for c in table.particles.columns if c.startswith("rlnDefocus")])
@@ -124,4 +158,4 @@ def test_particles_without_ctf_are_refused(simulated, tmp_path, capsys):
     write_particles(star, rows, {"pixel_size_in_angstroms": 5.0, "image_size": 24})
     assert main(["classify2d", str(star), "--classes", "2", "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no CTF columns" in err[0]
+    assert len(err) == 1 and "no CTF columns" in err[0] and "--no-ctf" in err[0]

@@ -58,6 +58,20 @@ def test_noise_scale_weights_a_particle_as_its_own_noise():
     np.testing.assert_allclose(scaled.ctf, plain.ctf * np.array([1.0, 0.5, 2.0])[:, None], rtol=1e-6)
 
 
+def test_particles_without_a_ctf_have_a_ctf_of_one_with_the_polarity_sign():
+    """--no-ctf: bright particles (polarity -1) are the projection (+1), dark ones its negative."""
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((3, 16, 16)).astype(np.float32)
+    data = rf.ParticleData(rf.ImagesInMemory(images), None, 16, 3.0, 3)
+    pixels = rf.image_pixels(16, 6.0)
+    mask = np.ones((16, 16), np.float32)
+    bright = rf.load_batch(data, np.array([0, 2]), pixels, mask, -1)
+    dark = rf.load_batch(data, np.array([0, 2]), pixels, mask, 1)
+    assert bright.ctf.shape == (2, pixels.fx.size) and bright.ctf.dtype == np.float32
+    assert np.all(bright.ctf == 1.0) and np.all(dark.ctf == -1.0)
+    np.testing.assert_array_equal(bright.coefficients, dark.coefficients)
+
+
 def test_state_round_trips_through_arrays():
     rng = np.random.default_rng(1)
     state = rf.RefineState(iteration=3, half=np.array([1, 2, 1, 2]), rotations=rng.normal(size=(4, 3, 3)),

@@ -432,12 +432,13 @@ def prepare_input(path: Path, pixel_size_in_angstroms: float | None) -> Prepared
     negative values or a background are masked, centred and clipped (`prepare_images`). Images
     that are already counts-like are used as they are."""
     from cryogmm.cli.deconvolve import run_deconvolution
-    from cryogmm.io.images import MIN_IMAGES, InputImages, read_input_images
+    from cryogmm.io.images import MIN_IMAGES, InputImages, is_model_star, read_input_images
     from cryogmm.io.star import ctf_parameters, format_image_name, read_particles
     from cryogmm.pipelines.prepare import prepare_images
 
     notes, deconvolved = [], None
-    if path.suffix.lower() == ".star" and path.is_file() and ctf_parameters(read_particles(path)) is not None:
+    if (path.suffix.lower() == ".star" and path.is_file() and not is_model_star(path)
+            and ctf_parameters(read_particles(path)) is not None):
         deconvolved, pixel, mode = run_deconvolution(path, pixel_size_in_angstroms=pixel_size_in_angstroms)
         notes += [f"{path}: {mode} with CTFs: deconvolved"] + deconvolved.notes
         images = deconvolved.images

@@ -9,8 +9,8 @@ to the best class's resolution plus a margin; in the first half of the run a cla
 particles restarts from half of the largest class.
 
 PARTICLES.star needs the CTF columns (rlnDefocusU/V/Angle, rlnVoltage, rlnSphericalAberration,
-rlnAmplitudeContrast) and a pixel size; particles are bright (RELION's convention) unless
---polarity dark.
+rlnAmplitudeContrast) and a pixel size, unless --no-ctf (particles without a CTF); particles are
+bright (RELION's convention) unless --polarity dark.
 
 Outputs in DIR (RELION's layout: `cryogmm abinitio DIR/run_model.star`, `cryogmm deconvolve
 DIR/run_data.star` and RELION read them): run_classes.mrcs (the K class averages), run_model.star
@@ -59,6 +59,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="resolution of the first E-step (default 30 Å)")
     parser.add_argument("--polarity", choices=("bright", "dark"), default="bright",
                         help="particles bright on a dark background (RELION's convention, default) or dark")
+    from cryogmm.cli.refine import add_ctf_args
+
+    add_ctf_args(parser)
     parser.add_argument("--pixel-size", type=float, default=None, help="pixel size in Å (overrides the STAR file)")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder of the image stacks (default: next to STAR)")
     parser.add_argument("--batch-size", type=int, default=200, help="particles per E-step task (default 200)")

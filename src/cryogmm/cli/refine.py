@@ -16,8 +16,8 @@ halves; a soft mask from it gives the masked, phase-randomisation-corrected FSC 
 resolution; a Guinier fit gives the B-factor that sharpens it.
 
 PARTICLES.star needs the CTF columns (rlnDefocusU/V/Angle, rlnVoltage, rlnSphericalAberration,
-rlnAmplitudeContrast) and a pixel size; particles are bright (RELION's convention) unless
---polarity dark. The reference must have the particles' box and pixel size; --rescale resamples it.
+rlnAmplitudeContrast) and a pixel size, unless --no-ctf (particles without a CTF); particles are
+bright (RELION's convention) unless --polarity dark. The reference must have the particles' box and pixel size; --rescale resamples it.
 `cryogmm abinitio`'s map.mrc feeds it directly.
 
 Outputs in DIR: map.mrc (final, masked-FSC-weighted, sharpened and low-passed at the resolution),
@@ -66,6 +66,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="shifts searched in the global stage (default 3 pixels)")
     parser.add_argument("--polarity", choices=("bright", "dark"), default="bright",
                         help="particles bright on a dark background (RELION's convention, default) or dark")
+    add_ctf_args(parser)
     parser.add_argument("--rescale", action="store_true",
                         help="resample a reference of another box or voxel size onto the particles' grid")
     parser.add_argument("--pixel-size", type=float, default=None, help="pixel size in Å (overrides the STAR file)")
@@ -253,17 +254,23 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_ctf_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-ctf", action="store_true",
+                        help="the particles have no CTF (simulated without one, or already corrected): ignore any "
+                             "CTF columns (as RELION's 'Do CTF-correction? No')")
+
+
 def read_ctf_particles(args: argparse.Namespace, command: str):
-    """The particle table, its CTFs, a lazy stack reader and the pixel size (CTF columns required)."""
+    """The particle table, its CTFs (None with --no-ctf), a lazy stack reader and the pixel size."""
     from cryogmm.io.particles import stack_reader
     from cryogmm.io.star import ctf_parameters, read_particles
 
     table = read_particles(args.star)
-    ctf = ctf_parameters(table)
-    if ctf is None:
+    ctf = None if getattr(args, "no_ctf", False) else ctf_parameters(table)
+    if ctf is None and not getattr(args, "no_ctf", False):
         raise InputError(f"{args.star}: no CTF columns (rlnDefocusU, rlnDefocusV, rlnDefocusAngle, rlnVoltage, "
                          f"rlnSphericalAberration, rlnAmplitudeContrast); {command} needs each particle's CTF: "
-                         "add them (e.g. from CTFFIND via RELION) or use a STAR file that has them")
+                         "add them (e.g. from CTFFIND via RELION), or pass --no-ctf if the particles have none")
     reader, pixel = stack_reader(table, args.data_dir, pixel_size_in_angstroms=args.pixel_size)
     return table, ctf, reader, pixel
 

@@ -6,8 +6,9 @@ outputs, logs and checkpoints:
    CTF, as RELION's Class2D), then class selection by --select rules (empty, small and blurry
    classes dropped); the kept classes' particles go to 1_classify2d/selected_data.star;
 2. DIR/2_abinitio: `abinitio --prepare` on those particles: each kept class deconvolved from its
-   particles (their CTFs and in-plane poses, over defocus groups), masked and centred, then the
-   Gaussian-mixture initial model and the classes' orientations by Gibbs sampling;
+   particles (their CTFs and in-plane poses, over defocus groups; with --no-ctf the kept class
+   averages as they are), masked and centred, then the Gaussian-mixture initial model and the
+   classes' orientations by Gibbs sampling;
 3. DIR/3_refine: `refine` of the selected particles from that initial model (low-passed to
    --initial-lowpass), gold-standard MAP-EM in Fourier space; DIR/3_refine/map.mrc is the result.
 DIR/summary.json gathers every stage's figures (and, with --reference, the final map's FSC against
@@ -56,6 +57,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-iterations", type=int, default=20, help="refine's iteration limit (default 20)")
     parser.add_argument("--polarity", choices=("bright", "dark"), default="bright",
                         help="particles bright on a dark background (RELION's convention, default) or dark")
+    parser.add_argument("--no-ctf", action="store_true",
+                        help="the particles have no CTF: classify2d and refine ignore CTF columns, and abinitio "
+                             "starts from the selected class averages (masked and centred) instead of deconvolving")
     parser.add_argument("--pixel-size", type=float, default=None, help="pixel size in Å (overrides the STAR file)")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder of the image stacks (default: next to STAR)")
     parser.add_argument("--jobs", type=int, default=None,
@@ -149,8 +153,9 @@ def _stage_argv(args: argparse.Namespace, stage: str, seed: int, n_classes: int)
                 "--select", args.select, "--polarity", args.polarity, *jobs, *diameter]
         argv += [] if args.pixel_size is None else ["--pixel-size", str(args.pixel_size)]
         argv += [] if args.data_dir is None else ["--data-dir", str(args.data_dir)]
-    elif stage == "2_abinitio":
-        argv = ["abinitio", str(out / "1_classify2d" / "selected_data.star"), "--prepare", "--symmetry", args.symmetry,
+    elif stage == "2_abinitio":  # particles with CTFs are deconvolved class by class; CTF-free classes used as they are
+        selected = "selected_model.star" if args.no_ctf else "selected_data.star"
+        argv = ["abinitio", str(out / "1_classify2d" / selected), "--prepare", "--symmetry", args.symmetry,
                 "--restarts", str(args.restarts), *jobs]
         argv += [] if args.reference is None else ["--reference", str(args.reference)]
     else:
@@ -158,6 +163,8 @@ def _stage_argv(args: argparse.Namespace, stage: str, seed: int, n_classes: int)
                 str(out / "2_abinitio" / "map.mrc"), "--rescale", "--symmetry", args.symmetry, "--initial-lowpass",
                 str(args.initial_lowpass), "--max-iterations", str(args.max_iterations), "--polarity", args.polarity,
                 *jobs, *diameter]
+    if args.no_ctf and stage != "2_abinitio":
+        argv.append("--no-ctf")
     return argv + common + ["--output", str(out / stage)]
 
 

@@ -114,11 +114,12 @@ class ParticleData:
 
     read : callable rows -> (len(rows), n, n) float32 images (may read lazily from disk; it must be
         picklable to run on other processes)
-    ctf : CTFParameters of all particles; box : n; pixel_size_in_angstroms; n_particles
+    ctf : CTFParameters of all particles, or None for CTF-free particles (a CTF of 1, with the
+        polarity's sign); box : n; pixel_size_in_angstroms; n_particles
     """
 
     read: Callable[[np.ndarray], np.ndarray]
-    ctf: CTFParameters
+    ctf: CTFParameters | None
     box: int
     pixel_size_in_angstroms: float
     n_particles: int
@@ -210,7 +211,12 @@ def stages(settings: RefineSettings) -> list[Stage]:
     return out
 
 
-def _ctf_at_pixels(ctf: CTFParameters, pixels: FourierPixels, pixel_size: float, polarity: int) -> np.ndarray:
+def _ctf_at_pixels(ctf: CTFParameters | None, pixels: FourierPixels, pixel_size: float, polarity: int,
+                   n_particles: int) -> np.ndarray:
+    """(B, S) the CTF times the polarity (-1 for bright particles, whose CTF is -CTF at low frequency);
+    with no CTF, -polarity: bright particles show the projection as it is."""
+    if ctf is None:
+        return np.full((n_particles, pixels.fx.size), -polarity, dtype=np.float32)
     scale = 1.0 / (pixels.box * pixel_size)
     return (polarity * ctf_of_frequencies(ctf, pixels.fx * scale, pixels.fy * scale)).astype(np.float32)
 
@@ -224,7 +230,8 @@ def load_batch(particles: ParticleData, rows: np.ndarray, pixels: FourierPixels,
     """
     images = particles.read(rows) * mask
     x = image_coefficients(images, pixels)
-    c = _ctf_at_pixels(particles.ctf[rows], pixels, particles.pixel_size_in_angstroms, polarity)
+    ctf = None if particles.ctf is None else particles.ctf[rows]
+    c = _ctf_at_pixels(ctf, pixels, particles.pixel_size_in_angstroms, polarity, len(rows))
     if noise_scale is not None:
         factor = (1.0 / np.sqrt(noise_scale)).astype(np.float32)[:, None]
         x, c = x * factor, c * factor

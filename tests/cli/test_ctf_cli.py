@@ -35,7 +35,7 @@ def particles(tmp_path):
 def test_writes_figure_json_and_log(particles, tmp_path, capsys):
     out = tmp_path / "check"
     assert main(["ctf", str(particles), "--output", str(out), "--max-images", "4"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["ctf.json", "ctf.png", "report.html", "run.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["ctf.json", "ctf.png", "report.html", "run.log", "settings.json"]
     summary = json.loads((out / "ctf.json").read_text())
     assert summary["n_particles"] == 4 and summary["n_particles_in_file"] == 6
     assert summary["analysed_rows"] == [1, 3, 4, 6] and summary["pixel_size_in_angstroms"] == PIXEL_SIZE
@@ -52,7 +52,7 @@ def test_refuses_existing_output_without_force(particles, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert main(["ctf", str(particles), "--output", str(out), "--force", "--show", "1"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["ctf.json", "ctf.png", "report.html", "run.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["ctf.json", "ctf.png", "report.html", "run.log", "settings.json"]
 
 
 def test_star_without_ctf_is_refused(tmp_path, capsys):

@@ -10,7 +10,8 @@ printed for the mean over all particles, with the number of particles, pixel siz
 
 Outputs in DIR: ctf.png (for a few particles and for all of them: the image, its power spectrum
 next to the model CTF^2, and the profile with the CTF zeros), ctf.json (the numbers, per-particle
-agreements and settings), run.log.
+agreements and settings), settings.json (version and settings), run.log, report.html (one page of
+it all; `cryogmm report DIR` rebuilds it).
 
 Example:
     cryogmm ctf Extract/job012/particles.star --output ctf_check
@@ -71,7 +72,7 @@ def _shown(defocus: np.ndarray, count: int) -> list[int]:
 def main(args: argparse.Namespace) -> int:
     from cryogmm.cli.report import write_run_report
     from cryogmm.cli import close_logging, setup_logging
-    from cryogmm.io.runs import RunFolder, write_json
+    from cryogmm.io.runs import RunFolder, write_json, write_settings
     from cryogmm.io.star import ctf_parameters, load_images, read_particles, select_rows
     from cryogmm.report.ctf import ctf_summary, plot_ctf_overview, thon_profiles
 
@@ -104,9 +105,10 @@ def main(args: argparse.Namespace) -> int:
                               _shown(parameters.mean_defocus_in_angstroms, args.show), folder / "ctf.png",
                               title=f"{args.star.name}: {len(rows)} particles, {pixel_size:.4g} Å/pixel")
             write_json(folder / "ctf.json", summary)
+            write_settings(folder, "ctf", summary["settings"], None)  # version and settings (no randomness)
             _report(summary)
             write_run_report(folder, args)
-            log.info("wrote %s (ctf.png, ctf.json, run.log, report.html)", args.output)
+            log.info("wrote %s (ctf.png, ctf.json, settings.json, run.log, report.html)", args.output)
     finally:
         close_logging()
     return 0

@@ -456,7 +456,7 @@ def run_warnings(run: RunFiles) -> list[str]:
 
 
 def _header(run: RunFiles) -> str:
-    version = run.record.get("cryogmm_version", "unknown")
+    version = run.record.get("cryogmm_version") or run.summary.get("cryogmm_version")
     seed = run.record.get("seed", run.summary.get("seed"))
     line = run.record.get("command_line")
     source = run.file("settings.json") or run.file(f"{run.command}.json") or run.report_path
@@ -466,7 +466,8 @@ def _header(run: RunFiles) -> str:
                     if line else "<em>command line not recorded</em>")
     where = (run.shown_as or run.folder).resolve()
     return (f"<header><h1>cryogmm {html.escape(run.command)}: {html.escape(run.title)}</h1><div>{command_line}</div>"
-            f"<div class=meta>cryogmm {html.escape(str(version))} · seed {html.escape(_format(seed))}"
+            f"<div class=meta>{'cryogmm ' + html.escape(str(version)) if version else 'version not recorded'}"
+            f"{' · seed ' + html.escape(_format(seed)) if seed is not None else ' · no seed (deterministic)'}"
             f"{' · written ' + when if when else ''} · {html.escape(str(where))}</div></header>")
 
 
@@ -481,7 +482,8 @@ def _warnings_section(run: RunFiles) -> str:
 _KEY_NAMES = ("n_images", "n_particles", "box", "pixel_size_in_angstroms", "symmetry", "n_components",
               "sigma_in_angstroms", "chosen_restart", "final_log_posterior", "resolution_in_angstroms",
               "unmasked_resolution_in_angstroms", "bfactor_in_angstroms2", "n_iterations", "converged", "n_classes",
-              "n_samples_averaged", "seconds")
+              "n_samples_averaged", "seconds", "defocus_in_angstroms", "astigmatism_in_angstroms", "voltage_in_kv",
+              "spherical_aberration_in_mm", "amplitude_contrast", "thon_rings")
 
 
 def _summary_section(run: RunFiles) -> str:
@@ -650,16 +652,12 @@ def _settings_section(run: RunFiles) -> str:
 
 
 def _files_section(run: RunFiles) -> str:
-    rows = []
-    for name in run.names():
-        path = run.folder / f"{run.prefix}{name}"
-        size = path.stat().st_size
+    def row(name: str) -> str:
+        size = (run.folder / name).stat().st_size
         human = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
-        rows.append(f'<tr><td><a href="{html.escape(run.prefix + name)}">{html.escape(run.prefix + name)}</a></td>'
-                    f"<td class=num>{human}</td></tr>")
-    if run.stack is not None:
-        rows.insert(0, f'<tr><td><a href="{html.escape(run.stack.name)}">{html.escape(run.stack.name)}</a></td>'
-                       f"<td class=num>{run.stack.stat().st_size / 1e6:.1f} MB</td></tr>")
+        return f'<tr><td><a href="{html.escape(name)}">{html.escape(name)}</a></td><td class=num>{human}</td></tr>'
+
+    rows = ([row(run.stack.name)] if run.stack is not None else []) + [row(run.prefix + n) for n in run.names()]
     return _section("files", "Files", f"<table>{''.join(rows)}</table>") if rows else ""
 
 

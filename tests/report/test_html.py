@@ -72,7 +72,8 @@ def run_folder(tmp_path):
                                                        "rotation_change_median_degrees": [0.0] * 5 + [0.5] * 35,
                                                        "shift_change_median_angstroms": [0.0] * 5 + [0.2] * 35,
                                                        "mixture_only_steps": 5, "sampling_starts_at_step": 20}})
-    write_settings(folder, "abinitio", {"images": "images.mrcs", "symmetry": "C1", "restarts": 2}, 7)
+    write_settings(folder, "abinitio", {"images": "images.mrcs", "symmetry": "C1", "restarts": 2,
+                                        "resolved": {"refine_steps": 40, "refine_burn_in": 20}}, 7)
     (folder / "run.log").write_text("\n".join([
         _log_record("INFO", "images.mrcs: 30 images of 24 px at 4 Å/px; seed 7"),
         _log_record("WARNING", WARNING), "  and a second line of it",
@@ -116,6 +117,8 @@ def test_page_is_self_contained_with_the_sections_of_the_run(run_folder):
     assert "3 images have a background; masked\n  and a second line of it" in warnings
     assert "cryogmm abinitio images.mrcs --output &#x27;my run&#x27;" in page  # quoted as a shell needs it
     assert "seed 7" in page and "<b>not bold</b>" not in page and "&lt;b&gt;not bold&lt;/b&gt;" in page
+    stopping = page[page.index("<th>stopping"):page.index("</table>", page.index("<th>stopping"))]
+    assert re.sub("<[^>]+>", "|", stopping).count("|refinement: full steps||40|") == 1  # the schedule
     restarts = page[page.index('id="restarts"'):page.index('id="traces"')]
     assert "-110.2" in restarts and "chosen" in restarts
     level = surface_level(read_map(run_folder / "map.mrc").data)

@@ -486,6 +486,27 @@ _KEY_NAMES = ("n_images", "n_particles", "box", "pixel_size_in_angstroms", "symm
               "spherical_aberration_in_mm", "amplitude_contrast", "thon_rings")
 
 
+# settings that end a run (a fixed schedule, or the limit of an adaptive one): name -> label
+_SCHEDULE = {"n_cycles": "cycles per restart (initial stage)", "refine_mixture_steps": "refinement: mixture-only steps",
+             "refine_steps": "refinement: full steps", "refine_burn_in": "refinement: burn-in steps",
+             "refine_thin": "refinement: every n-th sample averaged", "steps": "steps", "burn_in": "burn-in steps",
+             "thin": "every n-th sample averaged", "max_iterations": "at most iterations",
+             "iterations": "iterations"}
+
+
+def _stopping_rows(run: RunFiles) -> list[tuple[str, str]]:
+    """How the run was told to stop (its schedule from the settings) and how it stopped (the
+    summary's converged / stop records)."""
+    settings = run.record.get("settings") if isinstance(run.record.get("settings"), dict) else {}
+    resolved = settings.get("resolved") if isinstance(settings.get("resolved"), dict) else {}
+    rows = [(label, _format(source[name])) for name, label in _SCHEDULE.items()
+            for source in (resolved or settings,) if isinstance(source.get(name), int) and not isinstance(
+                source.get(name), bool)]
+    rows += [(k.replace("_", " "), _format(v)) for k, v in run.summary.items()
+             if ("stop" in k or k in ("converged", "n_iterations")) and not isinstance(v, (list, dict))]
+    return rows
+
+
 def _summary_section(run: RunFiles) -> str:
     summary = {k: v for k, v in run.summary.items() if k not in ("iterations", "settings", "images", "notes")}
     if not summary:
@@ -497,6 +518,9 @@ def _summary_section(run: RunFiles) -> str:
         body += f"<div class=key>{_table(key)}"
         if isinstance(timings, dict):
             body += _table([(k.replace("_", " "), _format(v)) for k, v in timings.items()], ("timings", "seconds"))
+        stopping = _stopping_rows(run)
+        if stopping:
+            body += _table(stopping, ("stopping", ""))
         body += "</div>"
     for name in ("reference", "rotation_errors"):
         if isinstance(summary.get(name), dict):

@@ -42,7 +42,7 @@ class GaussianNoiseGradients:
 
 def _projected_centres(means, rotations, translations):
     """(N, K, 2) centres Po R_i mu_k + t_i."""
-    rotated = np.einsum("nab,kb->nka", rotations, means)
+    rotated = means @ np.swapaxes(rotations, 1, 2)  # (N, K, 3): R_i mu_k
     return rotated[..., :2] + translations[:, None, :]
 
 
@@ -130,8 +130,8 @@ def _assemble(residual, centre_sums, size_sums, means, rotations, *, scale, nois
     # dE/d centre_ik = -beta_i lam_i s sum_j e_ij v_ijk (x_ij - centre_ik)
     d_centres = -(beta * lam)[:, None, None] * centre_sums
     d_centres_3d = np.concatenate([d_centres, np.zeros(d_centres.shape[:2] + (1,))], axis=2)
-    d_means = np.einsum("nba,nkb->ka", rotations, d_centres_3d) + mean_precision * means
-    rotated = np.einsum("nab,kb->nka", rotations, means)
+    d_means = (d_centres_3d @ rotations).sum(axis=0) + mean_precision * means  # sum_i R_i^T d_ik
+    rotated = means @ np.swapaxes(rotations, 1, 2)
     # d(R mu)/dw = w x (R mu), so dE/dw_i = sum_k (R_i mu_k) x (Po^T dE/dcentre_ik)
     d_rotations = np.cross(rotated, d_centres_3d).sum(axis=1)
     if shared:

@@ -381,7 +381,8 @@ def rotation_table(model: GaussianModel, state: GaussianState, candidates: np.nd
                                    float(model.cutoff_sigmas), out)
         unit = out.reshape(len(rotations), -1)
         a = np.maximum(np.einsum("mj,mj->m", unit, unit), 1e-300)
-        b = np.maximum(flat_images @ unit.T, 0.0)
+        # einsum's own loop, not BLAS: a threaded BLAS spun 0.37 s per table on a loaded 2-core machine
+        b = np.maximum(np.einsum("ij,mj->im", flat_images, unit), 0.0)
         beta = state.noise_precisions[:, None]
         table[:, start:start + len(rotations)] = 0.5 * beta * b**2 / a - 0.5 * np.log(beta * a)
     return table

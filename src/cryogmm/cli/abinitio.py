@@ -131,6 +131,7 @@ def build_settings(args: argparse.Namespace):
             raise InputError(f"{option} {value}: must be at least {low}")
     if args.counts > 10**8 or args.initial_counts > 10**8:
         raise InputError("--counts/--initial-counts: at most 1e8 counts per image")
+    check_abinitio_memory(args)
     if args.burn_in >= args.refine_steps:
         raise InputError(f"--burn-in {args.burn_in}: must be below --refine-steps ({args.refine_steps})")
     if args.jobs is not None and args.jobs < 1:
@@ -163,6 +164,23 @@ def _gaussian_settings(args: argparse.Namespace):
                                     refine_steps=args.refine_steps, refine_burn_in=args.burn_in,
                                     refine_thin=args.thin, refine_translations=args.max_shift != 0,
                                     max_shift_in_angstroms=args.max_shift or None)
+
+
+# a lower bound of the memory per mixture component (a run with K = 200000 on 24-pixel images
+# held 2.8 kB per component)
+BYTES_PER_COMPONENT = 1000
+
+
+def check_abinitio_memory(args: argparse.Namespace, n_images: int | None = None) -> None:
+    """Refuse sizes no machine holds before the run starts (the components; with `n_images`, the
+    global rotation step's table of n_images x --rotations log-likelihoods)."""
+    from cryogmm.io.runs import check_memory
+
+    for option, k in (("--components", args.components), ("--components-initial", args.components_initial)):
+        check_memory(BYTES_PER_COMPONENT * float(k), f"{option} {k}", f"{k} components")
+    if n_images is not None:
+        check_memory(8.0 * n_images * args.rotations, f"--rotations {args.rotations}",
+                     f"{n_images} images x {args.rotations} rotations")
 
 
 def _dask_map(address: str):
@@ -212,6 +230,7 @@ def main(args: argparse.Namespace) -> int:
             images = clip_negatives(images)
             clipped_note = {"negative_pixels": n_negative, "negative_share_of_mass": share}
         check_evaluation_inputs(args, images.shape, data.pixel_size_in_angstroms)
+        check_abinitio_memory(args, images.shape[0])
         seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
         record = {"images": str(args.images), "noise_model": args.noise_model, "seed": seed, "pixel_size_in_angstroms": data.pixel_size_in_angstroms,
                   "n_images": int(images.shape[0]), "box": int(images.shape[-1]), "clip_negatives": args.clip_negatives,

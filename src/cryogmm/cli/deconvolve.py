@@ -37,6 +37,7 @@ import numpy as np
 
 from cryogmm.errors import InputError
 from cryogmm.io.paths import require_file
+from cryogmm.io.runs import check_writable
 
 POLARITIES = {"auto": "auto", "bright": -1, "dark": 1}
 
@@ -82,6 +83,7 @@ def _check_args(args: argparse.Namespace) -> dict[str, Path]:
         raise InputError(f"{args.input}: deconvolution needs the CTF of each image; give a STAR file with CTF columns")
     if not args.output.parent.is_dir():
         raise InputError(f"--output {args.output}: folder {args.output.parent} does not exist; create it first")
+    check_writable(args.output)
     paths = output_paths(args.output, args.averages)
     for path in paths.values():
         if path.resolve() == args.input.resolve():

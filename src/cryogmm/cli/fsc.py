@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 from cryogmm.errors import InputError
+from cryogmm.io.runs import check_writable
 
 THRESHOLDS = (0.5, 0.143)
 
@@ -45,6 +46,7 @@ def _check_output(path: Path | None, option: str, force: bool) -> None:
         raise InputError(f"{option} {path}: file exists; pass --force to replace it or choose another name")
     if not path.parent.is_dir():
         raise InputError(f"{option} {path}: folder {path.parent} does not exist; create it or choose another path")
+    check_writable(path, option)
 
 
 def _check_same_grid(map1, map2, path1: Path, path2: Path) -> None:

@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.io.images import optics_values, read_input_images
     from cryogmm.io.pseudoatoms import read_pseudoatoms
-    from cryogmm.io.runs import RunFolder, write_json, write_settings
+    from cryogmm.io.runs import RunFolder, check_memory, write_json, write_settings
     from cryogmm.io.star import columns_to_poses, poses_to_columns, read_particles, write_particles
     from cryogmm.metrics.alignment import rotation_errors
     from cryogmm.mixture import GaussianMixture
@@ -85,7 +85,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         _check_args(args)
         data = read_input_images(args.images, args.pixel_size)
-        images = check_non_negative(data.images)
+        images = check_non_negative(data.images, str(args.images), "or pass them to `cryogmm prepare`")
+        check_memory(8.0 * 5 * args.rotations * images.shape[0], f"--rotations {args.rotations}",
+                     f"{images.shape[0]} images x {args.rotations} rotations")
         n, pixel = images.shape[-1], data.pixel_size_in_angstroms
         model = read_pseudoatoms(args.model)
         if model.ndim != 3:

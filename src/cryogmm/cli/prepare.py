@@ -33,6 +33,7 @@ import numpy as np
 
 from cryogmm.errors import InputError
 from cryogmm.io.paths import require_file
+from cryogmm.io.runs import check_writable
 
 CHOICES = {"auto": "auto", "yes": True, "no": False}
 
@@ -91,6 +92,7 @@ def _check_args(args: argparse.Namespace) -> dict[str, Path]:
             raise InputError(f"--output {args.output}: {path} exists; pass --force to replace it or choose another name")
     if not args.output.parent.is_dir():
         raise InputError(f"--output {args.output}: folder {args.output.parent} does not exist; create it first")
+    check_writable(args.output)
     return paths
 
 

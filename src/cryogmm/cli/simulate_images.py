@@ -58,6 +58,7 @@ from cryogmm.errors import InputError
 from cryogmm.forward.ctf import CTFParameters
 from cryogmm.geometry.so3 import euler_to_matrix, matrix_to_euler, random_rotations
 from cryogmm.grid import Grid
+from cryogmm.io.runs import check_memory
 from cryogmm.simulate import (add_noise, class_particle_images, ctf_particle_images, model_center, molmap, project_atoms,
                               random_defocus, random_shifts, sigma_for_resolution)
 
@@ -122,6 +123,9 @@ def _check_args(args: argparse.Namespace) -> None:
     check_sampling(args.resolution, args.pixel_size, args.box)
     if args.box is None:
         raise InputError("--box is required")
+    # the projections in double precision, then the clean and the noisy float32 stacks
+    check_memory(16.0 * args.number * args.box**2, f"--number {args.number}",
+                 f"{args.number} images of {args.box} x {args.box} pixels")
     if args.reference_resolution is not None:
         if not math.isfinite(args.reference_resolution) or args.reference_resolution <= 0:
             raise InputError(f"--reference-resolution {args.reference_resolution}: must be a positive number of Å")

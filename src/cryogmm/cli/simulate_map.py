@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cryogmm.errors import InputError
 from cryogmm.io.paths import require_file
+from cryogmm.io.runs import check_memory, check_writable
 from cryogmm.simulate.molmap import MIN_BOX, default_map_grid, molmap, molmap_padding_in_angstroms
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def check_sampling(resolution_in_angstroms: float, pixel_size_in_angstroms: floa
         raise InputError(f"--pixel-size {pixel_size_in_angstroms}: must be a positive number of Å")
     if box is not None and box < MIN_BOX:
         raise InputError(f"--box {box}: must be at least {MIN_BOX} pixels")
+    if box is not None:  # the map in double precision and a float32 copy to write
+        check_memory(12.0 * box**3, f"--box {box}", f"maps of {box}^3 voxels")
     if pixel_size_in_angstroms > resolution_in_angstroms / 2:
         log.warning("pixel size %g Å is coarser than Nyquist for %g Å resolution; "
                     "use a pixel size of at most %g Å", pixel_size_in_angstroms,
@@ -70,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
         output = Path(args.output)
         if output.is_dir():
             raise InputError(f"--output {output}: is a folder; give a file name such as map.mrc")
+        check_writable(output)
         figure = slices_path(output)
         for path in (output, figure):
             if path.exists() and not args.force:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.io.runs import check_output_dir, stale_temporary_folders
 
 
 def checkpoint_dir_for(output: str | os.PathLike) -> Path:
@@ -63,14 +64,38 @@ class CheckpointFolder:
         with np.load(file, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
 
+    def progress(self) -> str | None:
+        """Where a resumed run continues, in words, from the pieces saved so far; None if none."""
+        names = sorted(p.name[:-4] for p in self.path.glob("*.npz") if not p.name.endswith(".tmp.npz"))
+        scalar = {}
+        for name, key in (("refinement", "step"), ("state", "iteration")):
+            if name in names:
+                try:
+                    arrays = self.load(name)
+                    # a pipeline's state may keep its scalars as one JSON string
+                    value = arrays[key] if key in arrays else json.loads(str(arrays["scalars_json"]))[key]
+                    scalar[name] = int(value)
+                except (KeyError, OSError, ValueError, TypeError):
+                    scalar[name] = None
+        if scalar.get("refinement") is not None:
+            return f"refinement step {scalar['refinement']}"
+        if scalar.get("state") is not None:
+            return f"the checkpoint after iteration {scalar['state']}"
+        restarts = [n for n in names if n.startswith("restart_")]
+        if restarts:
+            try:
+                total = f" of {int(json.loads((self.path / 'settings.json').read_text())['n_restarts'])}"
+            except (OSError, KeyError, ValueError, TypeError):
+                total = ""
+            return f"the initial stage with {len(restarts)}{total} restarts done"
+        return ", ".join(names) or None
+
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
 def check_resume(checkpoints: CheckpointFolder, output: str | os.PathLike, resume: bool, force: bool) -> None:
     """Refuse, before any work, a --resume with nothing to resume and a new run over checkpoints."""
-    from cryogmm.io.runs import check_output_dir
-
     output = Path(output)
     if resume and not checkpoints.exists():
         if output.is_dir():
@@ -79,7 +104,10 @@ def check_resume(checkpoints: CheckpointFolder, output: str | os.PathLike, resum
                              "instead of --resume to run it again")
         raise InputError(f"--resume: no checkpoint of an interrupted run in {checkpoints.path}; run without --resume")
     if not resume:
-        check_output_dir(output, force)
         if checkpoints.exists() and not force:
-            raise InputError(f"--output {output}: an interrupted run left checkpoints in {checkpoints.path}; "
+            left = stale_temporary_folders(output)
+            also = (f" and its unfinished output folder {left[0].name} (killed before it could clean up; "
+                    "removed by either)") if left else ""
+            raise InputError(f"--output {output}: an interrupted run left checkpoints in {checkpoints.path}{also}; "
                              "pass --resume to continue it or --force to start over")
+        check_output_dir(output, force)

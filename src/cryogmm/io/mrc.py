@@ -164,6 +164,16 @@ def _looks_like_stack(mrc, path: Path) -> bool:
     return int(header.ispg) == 0 and int(header.nz) > 1 and int(header.mz) != int(header.nz)
 
 
+def _looks_like_volume(mrc, path: Path) -> bool:
+    """A cubic 3D block that nothing marks as a stack (`.mrcs`, or space group 0 with `mz != nz`).
+
+    The header alone cannot tell: stacks written as `.mrc` with space group 1 and `mz == nz` are
+    common (cryoDRGN, ASPIRE), but their images are rarely as many as their side is long.
+    """
+    nz, ny, nx = (int(v) for v in (mrc.header.nz, mrc.header.ny, mrc.header.nx))
+    return nz > 1 and nz == ny == nx and not _looks_like_stack(mrc, path)
+
+
 def _check_finite(data: np.ndarray, path: Path) -> None:
     if not np.all(np.isfinite(data)):
         n_bad = int(np.count_nonzero(~np.isfinite(data)))
@@ -197,6 +207,10 @@ def read_map(path: str | os.PathLike, pixel_size_in_angstroms: float | None = No
         if _looks_like_stack(mrc, path):
             raise InputError(f"{path}: an image stack of {mrc.data.shape[0]} images, but a 3D map is "
                              "needed; pass a volume (rename it to .mrc if it really is a map)")
+        n_sections, ny, nx = mrc.data.shape
+        if ny == nx and n_sections < nx // 2:
+            raise InputError(f"{path}: {n_sections} sections of {ny} x {nx} pixels, an image stack rather than "
+                             "a 3D map; pass a volume")
         voxel_size = _voxel_size(mrc, path, pixel_size_in_angstroms)
         origin = _origin(mrc, voxel_size)
         data = np.array(mrc.data, dtype=np.float32)
@@ -218,10 +232,15 @@ def read_stack(path: str | os.PathLike, pixel_size_in_angstroms: float | None = 
     Raises
     ------
     InputError
-        Missing or non-MRC file, NaN/inf values, or pixel size 0 without `pixel_size_in_angstroms`.
+        Missing or non-MRC file, a 3D map (a cubic block not marked as a stack, see
+        `_looks_like_volume`), NaN/inf values, or pixel size 0 without `pixel_size_in_angstroms`.
     """
     path = Path(path)
     with _open_mrc(path) as mrc:
+        if _looks_like_volume(mrc, path):
+            n = int(mrc.header.nx)
+            raise InputError(f"{path}: a 3D map of {n} x {n} x {n} voxels, but a stack of 2D images is needed; "
+                             "pass the images (rename the file to .mrcs if it really is a stack of images)")
         pixel_size = _voxel_size(mrc, path, pixel_size_in_angstroms)
         origin = _origin(mrc, pixel_size)
         data = np.array(mrc.data, dtype=np.float32)

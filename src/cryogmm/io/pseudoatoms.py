@@ -21,6 +21,7 @@ import gemmi
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.io.atoms import check_pdb_records
 from cryogmm.io.mrc import atomic_output
 from cryogmm.io.paths import require_file
 from cryogmm.mixture import GaussianMixture
@@ -234,6 +235,8 @@ def read_pseudoatoms(path: str | os.PathLike) -> GaussianMixture:
         reason = " ".join(str(exc).split())  # one line
         raise InputError(f"{path}: not a readable PDB or mmCIF file ({reason}); check the file") from exc
     atoms = [atom for chain in structure[0] for residue in chain for atom in residue] if len(structure) else []
+    if atoms and structure.input_format == gemmi.CoorFormat.Pdb:
+        check_pdb_records(path, len(atoms))
     if not atoms:
         raise InputError(f"{path}: no atoms found; check that this is a pseudo-atom model")
     means = np.array([atom.pos.tolist() for atom in atoms])

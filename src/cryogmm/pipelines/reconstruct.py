@@ -86,19 +86,21 @@ def _check_poses(images, pixel_size_in_angstroms, rotations, shifts_in_angstroms
     return images, rotations, shifts, pixel
 
 
-def check_non_negative(images: np.ndarray) -> np.ndarray:
+def check_non_negative(images: np.ndarray, source: str | None = None,
+                       alternative: str = "or use --method fourier") -> np.ndarray:
     """`images` with rounding-level negative values set to zero; InputError if any are really negative.
 
     Values below -NEGATIVE_TOLERANCE times the largest value are refused: the Gibbs reconstruction
-    treats the images as counts.
+    treats the images as counts. `source` (the file) and `alternative` (a remedy besides
+    deconvolving and masking) go into the message.
     """
     images = np.asarray(images, dtype=np.float64)
     low, high = float(images.min()), float(images.max())
     if high <= 0 or low < -NEGATIVE_TOLERANCE * high:
         n_negative = int((images < 0).sum())
-        raise InputError(f"the images have negative values ({n_negative} pixels, min {low:.3g}, max {high:.3g}); "
-                         "the Gibbs reconstruction needs non-negative images (e.g. class averages): "
-                         "deconvolve/mask them first, or use --method fourier")
+        raise InputError(f"{source + ': ' if source else ''}the images have negative values ({n_negative} pixels, "
+                         f"min {low:.3g}, max {high:.3g}); the Gibbs reconstruction needs non-negative images "
+                         f"(e.g. class averages): deconvolve/mask them first{', ' + alternative if alternative else ''}")
     return np.clip(images, 0.0, None)
 
 

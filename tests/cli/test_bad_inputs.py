@@ -179,6 +179,10 @@ CASES = [
      "garbage.star"),
     ("classify2d-not-a-star", ["classify2d", "{in}/garbage.star", "--classes", "2", "-o", "{out}/r"], 2,
      "garbage.star"),
+    ("run-missing-star", ["run", "{in}/gone.star", "-o", "{out}/r"], 2, "gone.star"),
+    ("run-not-a-star", ["run", "{in}/garbage.star", "-o", "{out}/r"], 2, "garbage.star"),
+    ("report-missing-folder", ["report", "{in}/no_such_run"], 2, "no_such_run"),
+    ("report-a-stack-not-a-run", ["report", "{in}/stack.mrcs"], 2, "stack.mrcs"),
     # numeric options at 0, negative and absurdly large
     ("fit-map-components-0", ["fit-map", "{in}/map.mrc", "-o", "{out}/r"] + FIT + ["--components", "0"], 2,
      "--components"),
@@ -203,6 +207,7 @@ CASES = [
      + ["--components", "1000000000"], 2, "--components 1000000000"),
     ("abinitio-initial-box-0", ["abinitio", "{in}/stack.mrcs", "-o", "{out}/r"] + ABINITIO + ["--initial-box", "0"],
      2, "--initial-box"),
+    ("run-classes-0", ["run", "{in}/good.star", "--classes", "0", "-o", "{out}/r"], 2, "--classes"),
     ("classify2d-classes-0", ["classify2d", "{in}/good.star", "--classes", "0", "-o", "{out}/r"], 2, "--classes"),
     ("refine-iterations-negative", ["refine", "{in}/good.star", "--reference", "{in}/map.mrc", "--max-iterations",
                                     "-2", "-o", "{out}/r"], 2, "--max-iterations"),

@@ -174,6 +174,8 @@ def _interrupted(args, err: BaseException, signum: int) -> int:
                 f"{name} before the first checkpoint; continue with --resume (it starts from the beginning)")
     elif isinstance(err, KeyboardInterrupt) and str(err):
         line = f"{name}; {err}"
+    elif hasattr(args, "resume") and output is not None and Path(output).exists():  # e.g. `run`'s finished stages
+        line = f"{name}; continue with --resume (what is finished in {output} is kept)"
     else:
         line = f"{name}; nothing was written" + ("" if output is None else f" to {output}")
     print(f"cryogmm {args.command}: {line}", file=sys.stderr)

@@ -150,6 +150,21 @@ def test_particles_without_a_ctf_are_classified_with_no_ctf(tmp_path):
     assert np.mean(true == which[found - 1] + 1) >= 0.9
 
 
+def test_a_stack_shorter_than_the_star_says_is_refused(simulated, tmp_path, capsys):
+    from cryogmm.io.mrc import write_stack
+    from cryogmm.io.star import format_image_name
+
+    table = read_particles(simulated / "particles.star")
+    write_stack(tmp_path / "short.mrcs", read_stack(simulated / "images.mrcs").data[:50], 5.0)
+    rows = table.particles.assign(rlnImageName=[format_image_name(i, "short.mrcs") for i in range(len(table.particles))])
+    write_particles(tmp_path / "short.star", rows, {})
+    out = tmp_path / "out"
+    assert main(["classify2d", str(tmp_path / "short.star"), "--classes", "2", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "short.mrcs" in err[0] and "out of range" in err[0], err
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
 def test_particles_without_ctf_are_refused(simulated, tmp_path, capsys):
     table = read_particles(simulated / "particles.star")
     rows = table.particles.drop(columns=[c for c in table.particles.columns if c.startswith("rlnDefocus")])

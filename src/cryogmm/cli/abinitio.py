@@ -88,6 +88,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="refinement steps before averaging (default 150, gaussian 30)")
     parser.add_argument("--thin", type=int, default=None,
                         help="average every N-th sample after burn-in (default 10, gaussian 3)")
+    parser.add_argument("--fixed-schedule", action="store_true",
+                        help="run every step of the schedule: no adaptive stopping (see --stop-window)")
+    parser.add_argument("--stop-window", type=int, default=None, metavar="STEPS",
+                        help="the refinement's warm-up and burn-in end when the mean log-posterior of the last "
+                             "STEPS steps is within --stop-tolerance standard errors of the STEPS before "
+                             "(default 10, at most a quarter of the stage; at most half of --burn-in)")
+    parser.add_argument("--stop-tolerance", type=float, default=2.0, metavar="SE",
+                        help="standard errors for --stop-window's comparison (default 2; 0 never stops early)")
+    parser.add_argument("--rotation-tolerance", type=float, default=1.0, metavar="DEGREES",
+                        help="a restart ends when its cycle-mean rotations moved by at most this (median image) "
+                             "over two cycles (default 1)")
+    parser.add_argument("--restart-agreement", type=float, default=10.0, metavar="DEGREES",
+                        help="the initial stage ends when two restarts place 90%% of the images within this of "
+                             "each other (default 10; restarts run two at a time)")
     parser.add_argument("--max-shift", type=float, default=None,
                         help="largest in-plane translation searched in Å (default 10%% of the box; 0 fixes them)")
     parser.add_argument("--clip-negatives", action="store_true",
@@ -138,6 +152,13 @@ def build_settings(args: argparse.Namespace):
         raise InputError(f"--jobs {args.jobs}: must be at least 1")
     if args.max_shift is not None and (not math.isfinite(args.max_shift) or args.max_shift < 0):
         raise InputError(f"--max-shift {args.max_shift}: must be a non-negative number of Å")
+    for option, value in (("--stop-tolerance", args.stop_tolerance), ("--rotation-tolerance", args.rotation_tolerance),
+                          ("--restart-agreement", args.restart_agreement)):
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"{option} {value}: must be a non-negative number")
+    if args.stop_window is not None and not 2 <= args.stop_window <= args.burn_in // 2:
+        raise InputError(f"--stop-window {args.stop_window}: must be at least 2 and at most half of --burn-in "
+                         f"({args.burn_in}): the rule compares two windows")
     if args.seed is not None and args.seed < 0:
         raise InputError(f"--seed {args.seed}: must be a non-negative integer")
     if args.resume and args.force:
@@ -149,7 +170,11 @@ def build_settings(args: argparse.Namespace):
                             initial_counts=args.initial_counts, n_rotations=args.rotations, n_cycles=args.cycles,
                             n_components=args.components, refine_counts=args.counts, refine_steps=args.refine_steps,
                             refine_burn_in=args.burn_in, refine_thin=args.thin,
-                            refine_translations=args.max_shift != 0, max_shift_in_angstroms=args.max_shift or None)
+                            refine_translations=args.max_shift != 0, max_shift_in_angstroms=args.max_shift or None,
+                            adaptive_stopping=not args.fixed_schedule, refine_stop_window=args.stop_window,
+                            refine_stop_standard_errors=args.stop_tolerance,
+                            initial_stop_tolerance_in_degrees=args.rotation_tolerance,
+                            restart_agreement_in_degrees=args.restart_agreement)
 
 
 def _gaussian_settings(args: argparse.Namespace):
@@ -361,8 +386,10 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
     plot_central_slices(volume, pixel, folder / "map_slices.png",
                         title=f"map.mrc from {Path(args.images).name}: central slices (symmetry {settings.symmetry})")
     plot_restarts([r.trace for r in result.restarts], result.best_restart, result.refine_trace,
-                  folder / "restarts.png", refine_burn_in=settings.refine_mixture_steps + 1 + settings.refine_burn_in,
-                  title=f"{Path(args.images).name}: {settings.n_restarts} restarts, symmetry {settings.symmetry}")
+                  folder / "restarts.png",
+                  refine_burn_in=getattr(result, "sampling_start", None)
+                  or settings.refine_mixture_steps + 1 + settings.refine_burn_in,
+                  title=f"{Path(args.images).name}: {len(result.restarts)} restarts, symmetry {settings.symmetry}")
     summary = {
         "seed": seed, "noise_model": getattr(result, "noise_model", "poisson"),
         "images": str(final(args.images)), "n_images": int(images.shape[0]), "box": n,
@@ -374,6 +401,8 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
         "sigma_in_angstroms": result.mixture.sigma_in_angstroms,
         "n_components": settings.n_components, "n_samples_averaged": result.n_samples,
         "timings_in_seconds": result.timings,
+        # which rule ended each stage, at which step (cycle for restarts; max_steps: the schedule)
+        "stopping": getattr(result, "stopping", {}),
         # how well the model explains each input: cross-correlation (Eqn. 3.3) of the image with
         # the projection of the best sample along the image's estimated pose
         "projection_cross_correlations": [cross_correlation(a, b) for a, b in zip(compared, projections)],

@@ -80,5 +80,8 @@ def abinitio_traces(result) -> dict:
             "refinement": {"log_posterior": result.refine_trace, "sigma_in_angstroms": result.sigma_trace,
                            "rotation_change_median_degrees": result.rotation_change_trace,
                            "shift_change_median_angstroms": result.shift_change_trace,
-                           "mixture_only_steps": settings.refine_mixture_steps,
-                           "sampling_starts_at_step": settings.refine_mixture_steps + 1 + settings.refine_burn_in}}
+                           # the warm-up and burn-in may end early (adaptive stopping): the steps run
+                           "mixture_only_steps": getattr(result, "stopping", {}).get("refinement_warmup", {}).get(
+                               "step", settings.refine_mixture_steps),
+                           "sampling_starts_at_step": getattr(result, "sampling_start", None)
+                           or settings.refine_mixture_steps + 1 + settings.refine_burn_in}}

@@ -38,12 +38,15 @@ from cryogmm.errors import InputError
 from cryogmm.geometry.so3 import mean_rotation, rotation_angle_in_degrees
 from cryogmm.geometry.symmetry import asymmetric_unit_components, canonical_symmetry_name, symmetry_operators
 from cryogmm.grid import Grid
+from cryogmm.metrics.alignment import rotation_errors
 from cryogmm.mixture import GaussianMixture, evaluate
 from cryogmm.preprocess.normalise import negative_part
 from cryogmm.preprocess.resample import fourier_crop
 from cryogmm.samplers.projected import (ImageCounts, ProjectedGibbsSampler, ProjectedState, basin_search,
                                         default_projection_prior, expand_symmetry, global_rotation_step,
                                         local_rotation_search)
+from cryogmm.samplers.driver import ChainCheckpoint, run_chain
+from cryogmm.samplers.stopping import LogPosteriorPlateau, RotationsStable
 from cryogmm.simulate.discretise import discretise
 
 logger = logging.getLogger(__name__)
@@ -77,6 +80,20 @@ class AbinitioSettings:
     refine_translations: bool = True
     max_shift_in_angstroms: float | None = None
     checkpoint_every: int = 50
+    # adaptive stopping (samplers.stopping): the step counts above are maxima. A restart ends when
+    # its cycle-mean rotations are stable (window of `initial_stop_window` cycles); the initial
+    # stage ends when two restarts agree (`restart_agreement_share` of the images within
+    # `restart_agreement_in_degrees` after the best global rotation; restarts run in batches of
+    # `restart_batch`); the warm-up and the burn-in of the refinement end when the log-posterior
+    # has reached its plateau (`refine_stop_window` steps, `refine_stop_standard_errors`).
+    adaptive_stopping: bool = True
+    initial_stop_window: int | None = None  # None: 2 cycles (no rule with fewer than 4 cycles)
+    initial_stop_tolerance_in_degrees: float = 1.0
+    restart_batch: int = 2
+    restart_agreement_in_degrees: float = 10.0
+    restart_agreement_share: float = 0.9
+    refine_stop_window: int | None = None  # None: 10 steps, at most a quarter of the stage's maximum
+    refine_stop_standard_errors: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "symmetry", canonical_symmetry_name(self.symmetry))
@@ -91,6 +108,36 @@ class AbinitioSettings:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.refine_burn_in >= self.refine_steps and self.refine_steps > 0:
             raise ValueError(f"refine_burn_in ({self.refine_burn_in}) must be below refine_steps ({self.refine_steps})")
+        for name in ("initial_stop_tolerance_in_degrees", "restart_agreement_in_degrees", "refine_stop_standard_errors"):
+            value = float(getattr(self, name))
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value}")
+        if not 0 < self.restart_agreement_share <= 1:
+            raise ValueError(f"restart_agreement_share must be in (0, 1], got {self.restart_agreement_share}")
+        if self.restart_batch < 1:
+            raise ValueError(f"restart_batch must be at least 1, got {self.restart_batch}")
+        # a rule compares two windows: one longer than half the stage could never fire
+        if self.initial_stop_window is not None and not 2 <= self.initial_stop_window <= self.n_cycles // 2:
+            raise ValueError(f"initial_stop_window {self.initial_stop_window}: must be at least 2 cycles and at "
+                             f"most half of n_cycles ({self.n_cycles})")
+        if self.refine_stop_window is not None and not 2 <= self.refine_stop_window <= self.refine_burn_in // 2:
+            raise ValueError(f"refine_stop_window {self.refine_stop_window}: must be at least 2 steps and at "
+                             f"most half of refine_burn_in ({self.refine_burn_in})")
+
+    def cycle_window(self) -> int | None:
+        """Window of the restarts' rotation rule in cycles (None: no rule)."""
+        if not self.adaptive_stopping:
+            return None
+        if self.initial_stop_window is not None:
+            return self.initial_stop_window
+        return 2 if self.n_cycles >= 4 else None
+
+    def refine_window(self, max_steps: int) -> int | None:
+        """Window of the refinement's plateau rule for a stage of at most `max_steps` steps."""
+        if not self.adaptive_stopping:
+            return None
+        window = self.refine_stop_window if self.refine_stop_window is not None else min(10, max_steps // 4)
+        return window if 2 <= window <= max_steps // 2 else None
 
 
 @dataclass(frozen=True)
@@ -101,6 +148,7 @@ class RestartResult:
     rotations: np.ndarray
     trace: np.ndarray  # log-posterior per step
     seconds: float
+    stop: dict = field(default_factory=dict)  # which rule ended the restart, at which cycle
 
 
 @dataclass(frozen=True)
@@ -122,6 +170,8 @@ class AbinitioResult:
     # shift (Å) moved in that step
     rotation_change_trace: np.ndarray = field(default_factory=lambda: np.zeros(0))
     shift_change_trace: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    stopping: dict = field(default_factory=dict)  # per stage: the rule that ended it and the step
+    sampling_start: int = 0  # index in refine_trace where the averaged samples begin
 
 
 def images_to_counts(images: np.ndarray, pixel_size_in_angstroms: float, box: int, n_counts: int) -> ImageCounts:
@@ -158,18 +208,48 @@ def _mixture_from(prefix: str, d: dict) -> GaussianMixture:
                            float(d[f"{prefix}precision"]))
 
 
-def _rng_state(rng: np.random.Generator) -> np.ndarray:
-    return np.array(json.dumps(rng.bit_generator.state))
+@dataclass(frozen=True)
+class _CycleState:
+    state: ProjectedState
+    mean_rotations: np.ndarray  # mean of the cycle's rotation samples
+    trace: np.ndarray  # the cycle's log-posterior per Gibbs step
 
 
-def _set_rng_state(rng: np.random.Generator, value) -> None:
-    rng.bit_generator.state = json.loads(str(value))
+@dataclass(frozen=True)
+class _InitialCycle:
+    """One cycle of the initial stage (Fig. 3.16) as one step of the driver: mixture-only Gibbs
+    steps, the global rotation step, the local searches, then rotation Gibbs steps."""
+
+    mixture_sampler: ProjectedGibbsSampler
+    rotation_sampler: ProjectedGibbsSampler
+    settings: AbinitioSettings
+
+    def step(self, rng, cycle: _CycleState) -> tuple[_CycleState, dict]:
+        settings, state, trace = self.settings, cycle.state, []
+        for _ in range(settings.mixture_steps):
+            state, info = self.mixture_sampler.step(rng, state)
+            trace.append(info["log_posterior"])
+        state, _ = global_rotation_step(rng, self.rotation_sampler, state, settings.n_rotations)
+        for spread in settings.local_spreads_in_degrees:
+            state, _ = local_rotation_search(rng, self.rotation_sampler, state, settings.local_candidates, spread)
+        samples = []
+        for _ in range(settings.rotation_steps):
+            state, info = self.rotation_sampler.step(rng, state)
+            samples.append(state.rotations)
+            trace.append(info["log_posterior"])
+        # one draw at 1000 counts scatters by several degrees: the cycle's estimate is the mean
+        mean = mean_rotation(np.stack(samples)) if samples else state.rotations
+        return _CycleState(state, mean, np.asarray(trace)), {"log_posterior": trace[-1] if trace else np.nan}
+
+    def log_posterior(self, cycle: _CycleState) -> float:
+        return self.mixture_sampler.log_posterior(cycle.state)
 
 
 def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCounts,
                 settings: AbinitioSettings, progress: bool = False) -> RestartResult:
-    """One run of the initial stage (Fig. 3.16); a top-level function so that it can run in a
-    worker process."""
+    """One run of the initial stage (Fig. 3.16), at most `n_cycles` cycles, fewer when the cycle-mean
+    rotations are stable (`RotationsStable` over `cycle_window()` cycles); a top-level function so
+    that it can run in a worker process."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed_sequence)
     ops = symmetry_operators(settings.symmetry)
@@ -180,44 +260,41 @@ def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCo
     rotation_sampler = ProjectedGibbsSampler(data, k, prior, ops,
                                              update_mixture=False, update_rotations=True)
     state = mixture_sampler.init(rng)
-    trace = []
-    steps = settings.n_cycles * (settings.mixture_steps + settings.rotation_steps)
-    bar = tqdm(total=steps, desc=f"restart {index + 1}", disable=not progress, leave=False, unit="step")
-    try:
-        for _ in range(settings.n_cycles):
-            for _ in range(settings.mixture_steps):
-                state, info = mixture_sampler.step(rng, state)
-                trace.append(info["log_posterior"])
-                bar.update(1)
-            state, _ = global_rotation_step(rng, rotation_sampler, state, settings.n_rotations)
-            for spread in settings.local_spreads_in_degrees:
-                state, _ = local_rotation_search(rng, rotation_sampler, state, settings.local_candidates, spread)
-            samples = []
-            for _ in range(settings.rotation_steps):
-                state, info = rotation_sampler.step(rng, state)
-                samples.append(state.rotations)
-                trace.append(info["log_posterior"])
-                bar.update(1)
-            bar.set_postfix(log_posterior=f"{trace[-1]:.6g}", refresh=False)
-    finally:
-        bar.close()
-    log_posterior = mixture_sampler.log_posterior(state)
-    trace.append(log_posterior)
-    # the restart's orientations: the mean of the last cycle's rotation samples (one draw at 1000
-    # counts scatters by several degrees); the log-posterior is that of the last state
-    rotations = mean_rotation(np.stack(samples)) if samples else state.rotations
-    return RestartResult(index, log_posterior, state.mixture, rotations, np.asarray(trace),
-                         time.perf_counter() - start)
+    window = settings.cycle_window()
+    rules = [RotationsStable(window, settings.initial_stop_tolerance_in_degrees)] if window else []
+    traces = []
+    chain = run_chain(_InitialCycle(mixture_sampler, rotation_sampler, settings), rng,
+                      _CycleState(state, state.rotations, np.zeros(0)), settings.n_cycles,
+                      on_sample=lambda i, cycle: traces.append(cycle.trace), stopping=rules,
+                      monitor=lambda cycle: cycle.mean_rotations, progress=progress, description=f"restart {index + 1}")
+    final = chain.final_state
+    log_posterior = float(chain.traces["log_posterior"][-1])
+    # the restart's orientations: the mean of the last cycle's rotation samples; the
+    # log-posterior is that of the last state
+    return RestartResult(index, log_posterior, final.state.mixture, final.mean_rotations,
+                         np.concatenate(traces + [[log_posterior]]), time.perf_counter() - start,
+                         chain.stop.as_dict())
+
+
+def restarts_agree(a: RestartResult, b: RestartResult, settings: AbinitioSettings) -> float | None:
+    """The share of images whose rotations in restarts a and b agree within
+    `restart_agreement_in_degrees` after the best global rotation and hand (up to the symmetry),
+    if it reaches `restart_agreement_share`; else None."""
+    errors = rotation_errors(a.rotations, b.rotations, symmetry_operators(settings.symmetry)).errors_in_degrees
+    share = float(np.mean(errors <= settings.restart_agreement_in_degrees))
+    return share if share >= settings.restart_agreement_share else None
 
 
 def _restart_to_dict(r: RestartResult) -> dict:
     return {"index": np.array(r.index), "log_posterior": np.array(r.log_posterior), "rotations": r.rotations,
-            "trace": r.trace, "seconds": np.array(r.seconds), **_mixture_arrays("mixture_", r.mixture)}
+            "trace": r.trace, "seconds": np.array(r.seconds), "stop": np.array(json.dumps(r.stop)),
+            **_mixture_arrays("mixture_", r.mixture)}
 
 
 def _restart_from_dict(d: dict) -> RestartResult:
     return RestartResult(int(d["index"]), float(d["log_posterior"]), _mixture_from("mixture_", d),
-                         np.asarray(d["rotations"]), np.asarray(d["trace"]), float(d["seconds"]))
+                         np.asarray(d["rotations"]), np.asarray(d["trace"]), float(d["seconds"]),
+                         json.loads(str(d["stop"])))
 
 
 def default_max_shift_in_angstroms(data: ImageCounts) -> float:
@@ -260,71 +337,41 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
         if restarts:
             logger.info("resuming: %d of %d restarts already done", len(restarts), settings.n_restarts)
             timings["resumed"] = True
-    todo = [i for i in range(settings.n_restarts) if i not in restarts]
 
     def finished(result: RestartResult) -> None:
         restarts[result.index] = result
-        logger.info("restart %d: log-posterior %.6g (%.1f s)", result.index + 1, result.log_posterior, result.seconds)
+        logger.info("restart %d: log-posterior %.6g (%.1f s, %d cycles: %s)", result.index + 1, result.log_posterior,
+                    result.seconds, result.stop.get("step", 0), result.stop.get("rule", ""))
         if checkpoint is not None:
             checkpoint.save(f"restart_{result.index}", {
                 **_restart_to_dict(result), "stage_elapsed_seconds": np.array(before + time.perf_counter() - t0)})
 
-    if todo and map_restarts is not None:
-        for result in map_restarts(lambda i: run_restart(i, seeds[i], initial, settings), todo):
-            finished(result)
-    elif todo and jobs > 1 and len(todo) > 1:
-        import multiprocessing
-        import os
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from concurrent.futures.process import BrokenProcessPool
-
-        workers = min(jobs, len(todo))
-        # spawned, not forked: the parent's numba threads (OpenMP) do not survive a fork. The
-        # cores are shared out between the workers, BLAS included: its threads, read from the
-        # environment when a worker imports numpy, would otherwise spin against the other worker's
-        # (2.5 times slower restarts measured on 2 cores)
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        saved_environment = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
-        os.environ.update({name: str(threads) for name in _THREAD_VARIABLES})
-        try:
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(threads,))
-            try:
-                with _sigint_ignored():  # the workers are started (spawned) by submit
-                    futures = [pool.submit(run_restart, i, seeds[i], initial, settings) for i in todo]
-                for future in tqdm(as_completed(futures), total=len(futures), desc="restarts",
-                                   disable=not progress, leave=False, unit="restart"):
-                    finished(future.result())
-            except BaseException:
-                # Ctrl-C or a failed restart: end the other restarts now rather than wait for them
-                # (minutes); the finished ones are in the checkpoint
-                with _sigint_ignored():  # a second Ctrl-C must not break off the clean-up
-                    _end_workers(pool)
-                    pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            pool.shutdown(wait=True)
-        except BrokenProcessPool:
-            # typically a script without `if __name__ == "__main__":`, which spawned workers re-run
-            logger.warning("the restart processes could not start (a script that calls run_abinitio with jobs > 1 "
-                           "must do so under `if __name__ == \"__main__\":`); running the restarts here instead")
-            for i in todo:
-                if i not in restarts:
-                    finished(run_restart(i, seeds[i], initial, settings, progress))
-        finally:
-            for name, value in saved_environment.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-    else:
-        for i in todo:
-            finished(run_restart(i, seeds[i], initial, settings, progress))
+    # restarts run in batches (in parallel within a batch); after each batch, two restarts that
+    # agree end the initial stage. The batches do not depend on `jobs`, so neither does the result
+    ran_any = False
+    agreement = None
+    with _RestartRunner(jobs, map_restarts, seeds, initial, settings, progress) as runner:
+        for first in range(0, settings.n_restarts, settings.restart_batch):
+            batch = [i for i in range(first, min(first + settings.restart_batch, settings.n_restarts))]
+            todo = [i for i in batch if i not in restarts]
+            if todo:
+                ran_any = True
+                for result in runner.run(todo):
+                    finished(result)
+            agreement = _agreement(restarts, settings) if settings.adaptive_stopping else None
+            if agreement is not None:
+                break
+    stage_stop = agreement or {"rule": "max_restarts", "restarts_run": len(restarts)}
+    if agreement is not None:
+        logger.info("restarts %d and %d agree (%.0f%% of the images within %.3g degrees): %d of %d restarts run",
+                    *agreement["restarts"], 100 * agreement["share"], settings.restart_agreement_in_degrees,
+                    len(restarts), settings.n_restarts)
     ranked = sorted(restarts.values(), key=lambda r: -r.log_posterior)
     best = ranked[0]
-    if checkpoint is not None and todo:
+    if checkpoint is not None and ran_any:
         checkpoint.save("initial_stage", {"seconds": np.array(before + time.perf_counter() - t0)})
     saved_stage = checkpoint.load("initial_stage") if checkpoint is not None else None
-    if not todo and saved_stage is not None:  # every restart came from the checkpoints
+    if not ran_any and saved_stage is not None:  # every restart came from the checkpoints
         timings["initial_stage_seconds"] = float(saved_stage["seconds"])
     else:
         timings["initial_stage_seconds"] = before + time.perf_counter() - t0
@@ -332,10 +379,118 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
 
     t1 = time.perf_counter()
     refine = _refine(images, pixel_size_in_angstroms, settings, seeds[-1], best, checkpoint, progress, timings)
-    timings["refinement_seconds"] = timings.pop("refinement_seconds_before_resume", 0.0) + time.perf_counter() - t1
     timings["total_seconds"] = timings["initial_stage_seconds"] + timings["refinement_seconds"]
-    return AbinitioResult(settings=settings, restarts=[restarts[i] for i in range(settings.n_restarts)],
+    refine["stopping"] = {"restarts": [restarts[i].stop for i in sorted(restarts)], "initial_stage": stage_stop,
+                          **refine["stopping"]}
+    return AbinitioResult(settings=settings, restarts=[restarts[i] for i in sorted(restarts)],
                           best_restart=best.index, timings=timings, **refine)
+
+
+def _agreement(restarts: dict, settings: AbinitioSettings) -> dict | None:
+    """The first pair of finished restarts that agree (`restarts_agree`), as a stopping record."""
+    done = sorted(restarts)
+    for j in done:
+        for i in done:
+            if i >= j:
+                break
+            share = restarts_agree(restarts[i], restarts[j], settings)
+            if share is not None:
+                return {"rule": "restarts_agree", "restarts": [i + 1, j + 1], "share": share,
+                        "restarts_run": len(done)}
+    return None
+
+
+class _RestartRunner:
+    """Runs restarts: with `map_restarts` (e.g. Dask), in a pool of `jobs` spawned processes
+    (created at the first batch that needs it, kept for the later ones), or in this process."""
+
+    def __init__(self, jobs, map_restarts, seeds, initial, settings, progress):
+        self.jobs, self.map_restarts, self.seeds = jobs, map_restarts, seeds
+        self.initial, self.settings, self.progress = initial, settings, progress
+        self.pool, self.saved_environment, self.broken = None, None, False
+
+    def __enter__(self):
+        return self
+
+    def _local(self, todo):
+        for i in todo:
+            yield run_restart(i, self.seeds[i], self.initial, self.settings, self.progress)
+
+    def _start_pool(self):
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        workers = min(self.jobs, self.settings.restart_batch, self.settings.n_restarts)
+        # spawned, not forked: the parent's numba threads (OpenMP) do not survive a fork. The
+        # cores are shared out between the workers, BLAS included: its threads, read from the
+        # environment when a worker imports numpy, would otherwise spin against the other worker's
+        # (2.5 times slower restarts measured on 2 cores)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        self.saved_environment = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+        os.environ.update({name: str(threads) for name in _THREAD_VARIABLES})
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(threads,))
+
+    def run(self, todo):
+        """The results of restarts `todo`, as each finishes."""
+        if self.map_restarts is not None:
+            yield from self.map_restarts(lambda i: run_restart(i, self.seeds[i], self.initial, self.settings), todo)
+            return
+        if self.jobs <= 1 or len(todo) <= 1 or self.broken or self.settings.restart_batch <= 1:
+            yield from self._local(todo)
+            return
+        from concurrent.futures import as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self.pool is None:
+            self._start_pool()
+        done = set()
+        try:
+            try:
+                with _sigint_ignored():  # the workers are started (spawned) by submit
+                    futures = [self.pool.submit(run_restart, i, self.seeds[i], self.initial, self.settings)
+                               for i in todo]
+                for future in tqdm(as_completed(futures), total=len(futures), desc="restarts",
+                                   disable=not self.progress, leave=False, unit="restart"):
+                    result = future.result()
+                    done.add(result.index)
+                    yield result
+            except BaseException as error:
+                if isinstance(error, BrokenProcessPool):
+                    raise
+                # Ctrl-C or a failed restart: end the other restarts now rather than wait for them
+                # (minutes); the finished ones are in the checkpoint
+                with _sigint_ignored():  # a second Ctrl-C must not break off the clean-up
+                    _end_workers(self.pool)
+                    self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool = None
+                raise
+        except BrokenProcessPool:
+            # typically a script without `if __name__ == "__main__":`, which spawned workers re-run
+            logger.warning("the restart processes could not start (a script that calls run_abinitio with jobs > 1 "
+                           "must do so under `if __name__ == \"__main__\":`); running the restarts here instead")
+            self.broken = True
+            self._close_pool()
+            yield from self._local([i for i in todo if i not in done])
+
+    def _close_pool(self):
+        import os
+
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+        if self.saved_environment is not None:
+            for name, value in self.saved_environment.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            self.saved_environment = None
+
+    def __exit__(self, *exc):
+        self._close_pool()
+        return False
 
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -382,12 +537,75 @@ def _end_workers(pool) -> None:
             process.terminate()
 
 
+def _state_arrays(state: ProjectedState) -> dict:
+    return {"rotations": state.rotations, "translations": state.translations_in_angstroms,
+            "step": np.array(state.step), **_mixture_arrays("mixture_", state.mixture)}
+
+
+def _state_from(d: dict) -> ProjectedState:
+    return ProjectedState(_mixture_from("mixture_", d), np.asarray(d["rotations"]), np.asarray(d["translations"]),
+                          int(d["step"]))
+
+
+@dataclass(frozen=True)
+class _Changes:
+    """A sampler whose info also says how far the step moved the rotations and translations
+    (median over images), for the refinement's traces."""
+
+    sampler: object
+
+    def step(self, rng, state: ProjectedState) -> tuple[ProjectedState, dict]:
+        new, info = self.sampler.step(rng, state)
+        return new, {**info, "rotation_change_in_degrees": float(np.median(rotation_angle_in_degrees(
+                         state.rotations, new.rotations))),
+                     "shift_change_in_angstroms": float(np.median(np.linalg.norm(
+                         new.translations_in_angstroms - state.translations_in_angstroms, axis=-1)))}
+
+    def log_posterior(self, state: ProjectedState) -> float:
+        return self.sampler.log_posterior(state)
+
+
+@dataclass(frozen=True)
+class _BurnIn:
+    """The refinement's burn-in as one chain: full Gibbs steps, with a basin search at the steps
+    `basin_steps` (counted from the stage's first step, 0)."""
+
+    full: ProjectedGibbsSampler
+    rotation_only: ProjectedGibbsSampler
+    basin_steps: frozenset
+    first_step: int
+    n_rotations: int
+    shift_pixels: int
+
+    def step(self, rng, state: ProjectedState) -> tuple[ProjectedState, dict]:
+        step = state.step - self.first_step
+        if step not in self.basin_steps:
+            return self.full.step(rng, state)
+        # the initial stage's rotations were found on coarse images, and some images sit in the
+        # wrong basin (often a flipped view): a global table at the full size (with the shift
+        # search) proposes rival basins, each refined locally and compared with the refined
+        # current rotation; repeated in the burn-in with a sharper mixture
+        moved, search = basin_search(rng, self.rotation_only, state, n_rotations=self.n_rotations,
+                                     max_shift_in_pixels=self.shift_pixels)
+        if search["moved"]:
+            logger.info("refinement step %d: %d images moved to another basin (log-likelihood %+.4g)",
+                        state.step, search["moved"], search["gain"])
+        # the log-posterior is not evaluated here: NaN, which the plateau rule and the best state skip
+        return (ProjectedState(moved.mixture, moved.rotations, moved.translations_in_angstroms, state.step + 1),
+                {"log_posterior": np.nan, "sigma_in_angstroms": state.mixture.sigma_in_angstroms})
+
+    def log_posterior(self, state: ProjectedState) -> float:
+        return self.full.log_posterior(state)
+
+
 def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_sequence, best: RestartResult,
-            checkpoint, progress: bool, timings: dict | None = None) -> dict:
-    """The refinement stage; returns the fields of AbinitioResult it owns. On resume, the
-    refinement's wall time before the interruption goes to timings["refinement_seconds_before_resume"]."""
-    started = time.perf_counter()
-    before = 0.0
+            checkpoint, progress: bool, timings: dict) -> dict:
+    """The refinement stage as three chains of the driver: the mixture-only warm-up (at most
+    `refine_mixture_steps`), the burn-in with the basin searches (at most 1 + `refine_burn_in`
+    steps), both ended early by the log-posterior's plateau, then `refine_steps - refine_burn_in`
+    sampling steps whose every `refine_thin`-th state enters the posterior mean. Returns the
+    fields of AbinitioResult it owns; sets timings["refinement_seconds"] (with the time before an
+    interruption) and timings["resumed"] if a chain came from a checkpoint."""
     data = images_to_counts(images, pixel_size_in_angstroms, images.shape[-1], settings.refine_counts)
     ops = symmetry_operators(settings.symmetry)
     prior = default_projection_prior(data)
@@ -405,104 +623,72 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
                                           update_rotations=True, update_translations=translations)
     n_box = images.shape[-1]
     grid = Grid.centered((n_box,) * 3, pixel_size_in_angstroms)
-    total = settings.refine_mixture_steps + 1 + settings.refine_steps  # warm-up, one global step, full steps
-    start = settings.refine_mixture_steps
-    n_more = settings.refine_basin_searches
-    basin_steps = {start} | {start + 1 + (j * settings.refine_burn_in) // (n_more + 1) for j in range(1, n_more + 1)}
-
-    rng = np.random.default_rng(seed_sequence)
-    saved = checkpoint.load("refinement") if checkpoint is not None else None
-    if saved is not None:
-        _set_rng_state(rng, saved["rng"])
-        state = ProjectedState(_mixture_from("mixture_", saved), np.asarray(saved["rotations"]),
-                               np.asarray(saved["translations"]), int(saved["step"]))
-        trace = list(np.asarray(saved["trace"]))
-        sigmas = list(np.asarray(saved["sigmas"]))
-        rotation_changes = list(np.asarray(saved.get("rotation_changes", [])))
-        shift_changes = list(np.asarray(saved.get("shift_changes", [])))
-        mean_sum = np.asarray(saved["mean_sum"], dtype=np.float64)
-        n_samples = int(saved["n_samples"])
-        best_lp = float(saved["best_log_posterior"])
-        best_state = ProjectedState(_mixture_from("best_", saved), np.asarray(saved["best_rotations"]),
-                                    np.asarray(saved["best_translations"]))
-        logger.info("resuming the refinement at step %d of %d", state.step, total)
-        before = float(saved.get("elapsed_seconds", 0.0))
-        if timings is not None:
-            timings["refinement_seconds_before_resume"] = before
-            timings["resumed"] = True
-    else:
-        state = warmup.init(rng, rotations=best.rotations)
-        trace, sigmas, rotation_changes, shift_changes = [], [], [], []
-        mean_sum = np.zeros(grid.shape)
-        n_samples = 0
-        best_lp, best_state = -np.inf, state
     logger.info("refinement: K = %d, %d images of %d px, %d counts each, translations %s", settings.n_components,
                 data.n_images, data.box, settings.refine_counts,
                 f"within {shift_pixels * data.pixel_size_in_angstroms:.3g} Å" if translations else "fixed at 0")
+    rng = np.random.default_rng(seed_sequence)
 
-    previous = state
-    bar = tqdm(total=total, initial=state.step, desc="refinement", disable=not progress, leave=False, unit="step")
-    try:
-        while state.step < total:
-            step = state.step
-            if step < settings.refine_mixture_steps:
-                state, info = warmup.step(rng, state)
-            elif step in basin_steps:
-                # the initial stage's rotations were found on coarse images, and some images sit in
-                # the wrong basin (often a flipped view): a global table at the full size (with the
-                # shift search) proposes rival basins, each refined locally and compared with the
-                # refined current rotation; repeated in the burn-in with a sharper mixture
-                moved, search = basin_search(rng, rotation_only, state, n_rotations=settings.n_rotations,
-                                             max_shift_in_pixels=shift_pixels if translations else 0)
-                if search["moved"]:
-                    logger.info("refinement step %d: %d images moved to another basin (log-likelihood %+.4g)",
-                                step, search["moved"], search["gain"])
-                state = ProjectedState(moved.mixture, moved.rotations, moved.translations_in_angstroms, step + 1)
-                info = {"log_posterior": trace[-1] if trace else np.nan,
-                        "sigma_in_angstroms": state.mixture.sigma_in_angstroms}
-            else:
-                state, info = full.step(rng, state)
-            trace.append(info["log_posterior"])
-            sigmas.append(info["sigma_in_angstroms"])
-            rotation_changes.append(float(np.median(rotation_angle_in_degrees(previous.rotations, state.rotations))))
-            shift_changes.append(float(np.median(np.linalg.norm(
-                state.translations_in_angstroms - previous.translations_in_angstroms, axis=-1))))
-            done = state.step - (settings.refine_mixture_steps + 1)
-            if done > settings.refine_burn_in and (done - settings.refine_burn_in) % settings.refine_thin == 0:
-                full_mixture = expand_symmetry(state.mixture, ops)
-                mean_sum += evaluate(full_mixture, grid)
-                n_samples += 1
-            if state.step > settings.refine_mixture_steps + 1 and info["log_posterior"] > best_lp:
-                best_lp, best_state = info["log_posterior"], previous
-            previous = state
-            bar.update(1)
-            if state.step % 10 == 0:
-                bar.set_postfix(log_posterior=f"{info['log_posterior']:.6g}",
-                                sigma=f"{info['sigma_in_angstroms']:.3g}", refresh=False)
-            if checkpoint is not None and state.step % settings.checkpoint_every == 0 and state.step < total:
-                checkpoint.save("refinement", {
-                    "elapsed_seconds": np.array(before + time.perf_counter() - started),
-                    "rng": _rng_state(rng), "rotations": state.rotations, "translations": state.translations_in_angstroms,
-                    "step": np.array(state.step), "trace": np.asarray(trace), "sigmas": np.asarray(sigmas),
-                    "rotation_changes": np.asarray(rotation_changes), "shift_changes": np.asarray(shift_changes),
-                    "mean_sum": mean_sum, "n_samples": np.array(n_samples), "best_log_posterior": np.array(best_lp),
-                    "best_rotations": best_state.rotations, "best_translations": best_state.translations_in_angstroms,
-                    **_mixture_arrays("mixture_", state.mixture), **_mixture_arrays("best_", best_state.mixture)})
-    finally:
-        bar.close()
-    final_lp = full.log_posterior(state)
-    trace.append(final_lp)
-    sigmas.append(state.mixture.sigma_in_angstroms)
-    if final_lp > best_lp:
-        best_lp, best_state = final_lp, state
-    if n_samples == 0:
-        mean_sum = evaluate(expand_symmetry(state.mixture, ops), grid)
-        n_samples = 1
+    def stage(name):
+        if checkpoint is None:
+            return None
+        return ChainCheckpoint(checkpoint, name, settings.checkpoint_every, _state_arrays, _state_from)
+
+    def info(state):
+        return {"log_posterior": full.log_posterior(state), "sigma_in_angstroms": state.mixture.sigma_in_angstroms}
+
+    def plateau(max_steps):
+        window = settings.refine_window(max_steps)
+        if window is None:
+            return [], 0
+        return [LogPosteriorPlateau(window, settings.refine_stop_standard_errors)], 2 * window
+
+    rules, min_steps = plateau(settings.refine_mixture_steps)
+    warm = run_chain(_Changes(warmup), rng, warmup.init(rng, rotations=best.rotations), settings.refine_mixture_steps,
+                     stopping=rules, min_steps=min_steps, final_info=info, progress=progress,
+                     description="refinement warm-up", checkpoint=stage("refinement_warmup"))
+    n_more = settings.refine_basin_searches
+    basin_steps = frozenset({0} | {1 + (j * settings.refine_burn_in) // (n_more + 1) for j in range(1, n_more + 1)})
+    rules, min_steps = plateau(settings.refine_burn_in)
+    # the plateau is judged after the last basin search has had a window to settle
+    min_steps = max(basin_steps) + 1 + min_steps if rules else 0
+    burn = run_chain(_Changes(_BurnIn(full, rotation_only, basin_steps, warm.final_state.step, settings.n_rotations,
+                                      shift_pixels if translations else 0)),
+                     rng, warm.final_state, 1 + settings.refine_burn_in, stopping=rules, min_steps=min_steps,
+                     best_from=1, final_info=info, progress=progress, description="refinement burn-in",
+                     checkpoint=stage("refinement_burn_in"))
+
+    def density(state):
+        return evaluate(expand_symmetry(state.mixture, ops), grid)
+
+    sample = run_chain(_Changes(full), rng, burn.final_state, settings.refine_steps - settings.refine_burn_in,
+                       thin=settings.refine_thin, mean_of=density, best_from=0, final_info=info, progress=progress,
+                       description="refinement sampling", checkpoint=stage("refinement_sampling"))
+    chains = {"refinement_warmup": warm, "refinement_burn_in": burn, "refinement_sampling": sample}
+    timings["refinement_seconds"] = sum(chain.seconds for chain in chains.values())
+    if any(chain.resumed for chain in chains.values()):
+        timings["resumed"] = True
+    for name, chain in chains.items():
+        logger.info("%s: %d steps (%s)", name.replace("_", " "), chain.stop.step, chain.stop.rule)
+    best_state = burn.best_state if burn.best_log_posterior > sample.best_log_posterior else sample.best_state
+    final = sample.final_state
+    mean = sample.posterior_mean if sample.posterior_mean is not None else density(final)
+    # one trace: each chain's traces describe its states 0..n; a chain's state 0 is the previous
+    # chain's last state, whose entry is kept once
+    trace = np.concatenate([warm.traces["log_posterior"][:-1], burn.traces["log_posterior"][:-1],
+                            sample.traces["log_posterior"]])
+    sigmas = np.concatenate([warm.traces["sigma_in_angstroms"][:-1], burn.traces["sigma_in_angstroms"][:-1],
+                             sample.traces["sigma_in_angstroms"]])
+    # one entry per step (the traces' last entry, for the final state, has none)
+    changes = {key: np.concatenate([chain.traces[key][:-1] for chain in chains.values()])
+               for key in ("rotation_change_in_degrees", "shift_change_in_angstroms")}
     return dict(mixture=best_state.mixture, full_mixture=expand_symmetry(best_state.mixture, ops),
-                rotations=state.rotations, translations_in_angstroms=state.translations_in_angstroms,
-                posterior_mean=mean_sum / n_samples, n_samples=n_samples, refine_trace=np.asarray(trace),
-                sigma_trace=np.asarray(sigmas), log_posterior=final_lp,
-                rotation_change_trace=np.asarray(rotation_changes), shift_change_trace=np.asarray(shift_changes))
+                rotations=final.rotations, translations_in_angstroms=final.translations_in_angstroms,
+                posterior_mean=mean, n_samples=max(sample.n_averaged, 1), refine_trace=trace, sigma_trace=sigmas,
+                log_posterior=float(sample.traces["log_posterior"][-1]),
+                sampling_start=warm.stop.step + burn.stop.step,
+                rotation_change_trace=changes["rotation_change_in_degrees"],
+                shift_change_trace=changes["shift_change_in_angstroms"],
+                stopping={name: chain.stop.as_dict() for name, chain in chains.items()})
 
 
 def settings_dict(settings: AbinitioSettings) -> dict:

@@ -44,8 +44,9 @@ from cryogmm.grid import Grid
 from cryogmm.kernels.gaussian_noise import residual_sums_of_squares_kernel
 from cryogmm.kernels.projections import projected_densities_kernel
 from cryogmm.mixture import GaussianMixture, evaluate
-from cryogmm.pipelines.abinitio import AbinitioResult, RestartResult, _rng_state, _set_rng_state
+from cryogmm.pipelines.abinitio import AbinitioResult, RestartResult
 from cryogmm.preprocess.resample import fourier_crop
+from cryogmm.samplers.driver import _rng_state, _set_rng_state
 from cryogmm.samplers.gaussian_noise import draw_noise_precision, draw_weight
 from cryogmm.samplers.hmc import HMC, HMCState, adapted_step_size
 from cryogmm.samplers.image_mh import BlockMH, BlockMHState, gaussian_proposal

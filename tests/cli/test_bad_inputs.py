@@ -97,6 +97,7 @@ def inputs(tmp_path_factory) -> Path:
     star("no_angles.star", particles.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]))
     star("missing_stack.star", particles.assign(rlnImageName=[f"{i}@sim/gone.mrcs" for i in range(1, 7)]))
     star("out_of_range.star", particles.assign(rlnImageName=[f"{i * 10}@sim/images.mrcs" for i in range(1, 7)]))
+    star("points_at_a_map.star", particles.assign(rlnImageName=[f"{i}@map.mrc" for i in range(1, 7)]))
     star("partial_ctf.star", particles.drop(columns=["rlnDefocusV"]))
     star("zero_defocus.star", particles.assign(rlnDefocusU=0.0))
     star("other_pixel.star", particles, {**optics, "rlnImagePixelSize": 2 * PIXEL})
@@ -173,6 +174,8 @@ CASES = [
      "out of range"),
     ("reconstruct-pixel-size-disagrees", ["reconstruct", "{in}/other_pixel.star", "-o", "{out}/r"] + RECON, 2,
      "other_pixel.star"),
+    ("reconstruct-star-points-at-a-map", ["reconstruct", "{in}/points_at_a_map.star", "-o", "{out}/r"] + RECON,
+     2, "map.mrc is a 3D map"),
     ("ctf-partial-ctf", ["ctf", "{in}/partial_ctf.star", "-o", "{out}/r"], 2, "rlnDefocusV"),
     ("deconvolve-zero-defocus", ["deconvolve", "{in}/zero_defocus.star", "-o", "{out}/d.mrcs"], 2, "rlnDefocusU"),
     ("refine-not-a-star", ["refine", "{in}/garbage.star", "--reference", "{in}/map.mrc", "-o", "{out}/r"], 2,

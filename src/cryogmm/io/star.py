@@ -34,7 +34,7 @@ import starfile
 from cryogmm.errors import InputError
 from cryogmm.forward.ctf import CTFParameters
 from cryogmm.geometry.so3 import euler_to_matrix, matrix_to_euler
-from cryogmm.io.mrc import _check_finite, _decimal, _open_mrc, atomic_output
+from cryogmm.io.mrc import _check_finite, _decimal, _looks_like_volume, _open_mrc, atomic_output
 from cryogmm.io.paths import require_file
 
 logger = logging.getLogger(__name__)
@@ -297,6 +297,9 @@ def load_images(table: ParticleTable, data_dir: str | os.PathLike | None = None,
         file = resolve_image_path(stack, path, data_dir)
         indices = np.array([parsed[r][0] for r in rows])
         with _open_mrc(file, mmap=True) as mrc:
+            if _looks_like_volume(mrc, file):
+                raise InputError(f"{path}: {file} is a 3D map of {int(mrc.header.nx)}^3 voxels, not a stack of "
+                                 "images; check rlnImageName (rename the file to .mrcs if it really is a stack)")
             data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
             if indices.max() >= data.shape[0]:
                 bad = format_image_name(int(indices.max()), stack)

@@ -86,3 +86,13 @@ def test_the_viewer_sits_on_the_side_that_keeps_the_picture_unmirrored(view, axi
         picture = render_isosurface(blob(tuple(centre)), 0.5, (view,), upsample=1)[0]
         brightness[side] = picture[N // 2, N // 2, :3].mean()
     assert brightness[viewer_side] > brightness[-viewer_side] + 0.05
+
+
+def test_a_large_map_is_drawn_at_160_pixels_with_its_blob_in_place():
+    n = 200
+    z, y, x = (np.indices((n, n, n), dtype=np.float32) - n // 2)
+    volume = np.exp(-((x - 50) ** 2 + y**2 + z**2) / (2 * 10.0**2))
+    (picture,) = render_isosurface(volume, 0.5, ("along z",))
+    assert picture.shape == (160, 160, 4)
+    h, v = centroid(covered(picture))
+    assert (h - 80) * n / 160 == pytest.approx(50, abs=2) and (v - 80) * n / 160 == pytest.approx(0, abs=2)

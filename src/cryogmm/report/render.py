@@ -55,7 +55,8 @@ def render_isosurface(volume: np.ndarray, level: float, views=tuple(VIEWS), *, u
     level : contour level (e.g. `surface_level(volume)`)
     views : names from `VIEWS`
     upsample : the map is interpolated (cubic spline) onto a grid this many times finer first,
-        for a smoother surface on small boxes (default: up to 4, to about 160 voxels a side)
+        for a smoother surface on small boxes (default: up to 4, to about 160 voxels a side; maps
+        of more than 192 voxels a side are interpolated down to 160)
     color : RGB of the surface in [0, 1]
 
     Returns
@@ -76,6 +77,8 @@ def render_isosurface(volume: np.ndarray, level: float, views=tuple(VIEWS), *, u
         upsample = int(np.clip(160 // max(volume.shape), 1, 4))
     if upsample > 1:
         volume = ndimage.zoom(volume, upsample, order=3, mode="nearest")
+    elif max(volume.shape) > 192:  # the pictures are a few hundred pixels wide: large maps are thinned
+        volume = ndimage.zoom(volume, 160 / max(volume.shape), order=1, mode="nearest")
     # gradient of a lightly smoothed map: the normal of the surface, pointing into the density
     gradient = np.stack(np.gradient(ndimage.gaussian_filter(volume, 0.5 * upsample)))  # (3, z, y, x)
     return [_render_view(volume, gradient, level, view, np.asarray(color, dtype=float)) for view in views]

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from cryogmm.errors import InputError
 from cryogmm.geometry.so3 import mean_rotation, rotation_angle_in_degrees
@@ -25,6 +24,7 @@ from cryogmm.geometry.symmetry import symmetry_operators
 from cryogmm.mixture import GaussianMixture
 from cryogmm.pipelines.abinitio import images_to_counts
 from cryogmm.pipelines.reconstruct import check_non_negative
+from cryogmm.samplers.driver import run_chain
 from cryogmm.samplers.projected import (ProjectedGibbsSampler, basin_search, default_projection_prior,
                                         global_rotation_step, image_log_likelihoods, local_rotation_search)
 
@@ -101,11 +101,13 @@ def estimate_orientations(images, pixel_size_in_angstroms: float, mixture: Gauss
         state, _ = local_rotation_search(rng, sampler, state, local_candidates, spread)
     search_seconds = time.perf_counter() - t0
     kept_rotations, kept_translations = [], []
-    for i in tqdm(range(1, n_steps + 1), desc="orientations", disable=not progress, leave=False, unit="step"):
-        state, _ = sampler.step(rng, state)
-        if i > burn_in:
-            kept_rotations.append(state.rotations)
-            kept_translations.append(state.translations_in_angstroms)
+
+    def keep(step, kept_state):
+        kept_rotations.append(kept_state.rotations)
+        kept_translations.append(kept_state.translations_in_angstroms)
+
+    run_chain(sampler, rng, state, n_steps, burn_in=burn_in, on_sample=keep, progress=progress,
+              description="orientations", final_info=lambda s: {})
     samples = np.stack(kept_rotations)
     rotations = mean_rotation(samples)
     spread = np.sqrt(np.mean(rotation_angle_in_degrees(samples, rotations[None]) ** 2, axis=0))

@@ -104,24 +104,6 @@ def check_non_negative(images: np.ndarray, source: str | None = None,
     return np.clip(images, 0.0, None)
 
 
-class _BestTracker:
-    """Wraps a sampler to remember the state with the highest log-posterior it has seen."""
-
-    def __init__(self, sampler: ProjectedGibbsSampler):
-        self.sampler = sampler
-        self.best_log_posterior = -np.inf
-        self.best_state = None
-
-    def step(self, rng, state):
-        new, info = self.sampler.step(rng, state)
-        if info["log_posterior"] > self.best_log_posterior:  # info describes the incoming state
-            self.best_log_posterior, self.best_state = info["log_posterior"], state
-        return new, info
-
-    def log_posterior(self, state) -> float:
-        return self.sampler.log_posterior(state)
-
-
 def reconstruct_known_poses(images, pixel_size_in_angstroms: float, rotations, shifts_in_angstroms, *,
                             n_components: int = 500, n_counts: int = 10000, n_steps: int = 400,
                             burn_in: int = 200, thin: int = 10, symmetry: str = "C1", seed,
@@ -162,42 +144,40 @@ def reconstruct_known_poses(images, pixel_size_in_angstroms: float, rotations, s
     n = images.shape[-1]
     data = images_to_counts(images, pixel, n, n_counts)
     prior = default_projection_prior(data)
-    sampler = _BestTracker(ProjectedGibbsSampler(data, n_components, prior, ops, update_mixture=True,
-                                                 update_rotations=False, update_translations=False))
+    sampler = ProjectedGibbsSampler(data, n_components, prior, ops, update_mixture=True,
+                                    update_rotations=False, update_translations=False)
     rng = np.random.default_rng(seed)
-    state = sampler.sampler.init(rng, rotations=rotations, translations_in_angstroms=shifts)
+    state = sampler.init(rng, rotations=rotations, translations_in_angstroms=shifts)
     grid = Grid.centered((n, n, n), pixel)
-    total = np.zeros(grid.shape)
-    n_samples = 0
     evaluation_seconds = 0.0
     logger.info("Gibbs reconstruction: K = %d (symmetry %s, %d copies), %d images of %d px at %.3g Å, "
                 "%d counts each, %d steps (burn-in %d, thin %d)", n_components, symmetry, ops.shape[0],
                 data.n_images, n, pixel, n_counts, n_steps, burn_in, thin)
 
-    def accumulate(step, kept_state):
-        nonlocal n_samples, evaluation_seconds
+    def density(kept_state):
+        nonlocal evaluation_seconds
         t = time.perf_counter()
-        total[...] += evaluate(expand_symmetry(kept_state.mixture, ops), grid)
-        n_samples += 1
+        value = evaluate(expand_symmetry(kept_state.mixture, ops), grid)
         evaluation_seconds += time.perf_counter() - t
+        return value
 
     setup_seconds = time.perf_counter() - start
-    chain = run_chain(sampler, rng, state, n_steps, burn_in=burn_in, thin=thin, on_sample=accumulate,
+    chain = run_chain(sampler, rng, state, n_steps, burn_in=burn_in, thin=thin, mean_of=density, best_from=0,
                       progress=progress, description="reconstruct",
                       final_info=lambda s: {"log_posterior": sampler.log_posterior(s),
                                             "sigma_in_angstroms": s.mixture.sigma_in_angstroms})
     final = chain.final_state
     final_lp = float(chain.traces["log_posterior"][-1])
-    best_lp, best = sampler.best_log_posterior, sampler.best_state
-    if final_lp > best_lp:
-        best_lp, best = final_lp, final
+    best_lp, best = chain.best_log_posterior, chain.best_state
+    n_samples = chain.n_averaged
+    posterior_mean = chain.posterior_mean
     if n_samples == 0:
-        accumulate(n_steps, final)
+        posterior_mean, n_samples = density(final), 1
     mass = images.sum(axis=(1, 2)).mean() * pixel**2  # the images' mean integral
     timings = {"setup_seconds": setup_seconds, "sampling_seconds": chain.seconds - evaluation_seconds,
                "posterior_mean_seconds": evaluation_seconds, "total_seconds": time.perf_counter() - start}
     return ReconstructionResult(
-        posterior_mean=total / n_samples * mass, grid=grid, mixture=best.mixture,
+        posterior_mean=posterior_mean * mass, grid=grid, mixture=best.mixture,
         full_mixture=expand_symmetry(best.mixture, ops), log_posterior_trace=chain.traces["log_posterior"],
         sigma_trace=chain.traces["sigma_in_angstroms"], log_posterior=final_lp, best_log_posterior=float(best_lp),
         sigma_in_angstroms=final.mixture.sigma_in_angstroms, n_samples=n_samples,

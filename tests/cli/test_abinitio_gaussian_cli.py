@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import numpy as np
+import pandas as pd
 import pytest
 
 from cryogmm.cli import main
 from cryogmm.geometry.so3 import random_rotations
 from cryogmm.io.mrc import write_stack
+from cryogmm.io.star import format_image_name, write_particles
 from cryogmm.simulate.images import add_noise, project_atoms
 from cryogmm.simulate.phantom import asymmetric_phantom
 
@@ -66,3 +68,33 @@ def test_bad_noise_model_options_are_refused(tmp_path, stack, capsys):
     _expect_refusal(capsys, ["abinitio", str(stack), "--noise-model", "laplace"], "--noise-model laplace", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(stack), "--dask-scheduler", "tcp://x:1"] + TINY, "--dask-scheduler",
                     tmp_path)
+
+
+def _star(tmp_path, stack, n, ctf: bool):
+    columns = {"rlnImageName": [format_image_name(i, stack.name) for i in range(n)], "rlnOpticsGroup": 1}
+    if ctf:
+        columns.update(rlnDefocusU=np.linspace(10000.0, 30000.0, n), rlnDefocusV=np.linspace(10000.0, 30000.0, n),
+                       rlnDefocusAngle=0.0)
+    path = tmp_path / ("with_ctf.star" if ctf else "without_ctf.star")
+    write_particles(path, pd.DataFrame(columns), {"rlnOpticsGroupName": "opticsGroup1", "rlnImagePixelSize": PIXEL,
+                                                  "rlnImageSize": BOX, "rlnImageDimensionality": 2,
+                                                  "rlnVoltage": 300.0, "rlnSphericalAberration": 2.7,
+                                                  "rlnAmplitudeContrast": 0.1})
+    return path
+
+
+def test_ctf_option_needs_ctf_columns_and_the_gaussian_model(tmp_path, stack, images, capsys):
+    bare = ["abinitio", str(stack), "--ctf"] + TINY
+    _expect_refusal(capsys, bare, "bare image stack", tmp_path)
+    without = _star(tmp_path, stack, len(images), ctf=False)
+    _expect_refusal(capsys, ["abinitio", str(without), "--ctf"] + TINY, "no CTF columns", tmp_path)
+    with_ctf = _star(tmp_path, stack, len(images), ctf=True)
+    _expect_refusal(capsys, ["abinitio", str(with_ctf), "--ctf", "--noise-model", "poisson"],
+                    "--noise-model gaussian", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(with_ctf), "--ctf", "--prepare"] + TINY, "--prepare", tmp_path)
+    # and with CTF columns it runs, the model convolved with each image's CTF
+    out = tmp_path / "ctf_run"
+    assert main(["abinitio", str(with_ctf), "--ctf", "--seed", "2", "--output", str(out)] + TINY) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["noise_model"] == "gaussian"
+    assert json.loads((out / "settings.json").read_text())["settings"]["resolved"]["ctf"] is True

@@ -118,3 +118,72 @@ def test_grid_kernel_energy_matches_the_numpy_reference(per_image):
     assert grid_energy == pytest.approx(energy, rel=1e-12)
     for block in ("means", "rotations", "translations", "size", "noise_precision"):
         np.testing.assert_allclose(getattr(grid_gradients, block), getattr(gradients, block), rtol=1e-9)
+
+
+def _ctf_problem(per_image):
+    from cryogmm.forward.ctf import CTFParameters, ctf_images
+
+    images, pixels, params, options = _problem(per_image)
+    m = 2 * BOX
+    ctf = CTFParameters(defocus_u_in_angstroms=[4000.0, 9000.0, 15000.0], defocus_v_in_angstroms=[3800.0, 9000.0, 14000.0],
+                        defocus_angle_in_degrees=[10.0, 0.0, 60.0])
+    transfer = -ctf_images(ctf, m, PIXEL)[..., : m // 2 + 1]  # particles bright: polarity -1
+    return images.reshape(N_IMAGES, BOX, BOX), params, options, transfer
+
+
+def _dense_ctf_energy(images, params, options, transfer):
+    """Plain numpy: the prediction on the padded grid by `predicted_images`, convolved by full FFTs."""
+    m = transfer.shape[-2]
+    coords = (np.arange(m) - m // 2) * PIXEL
+    xx, yy = np.meshgrid(coords, coords)
+    pixels = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    unit = predicted_images(pixels, params["means"], params["rotations"], params["translations"], scale=1.0,
+                            size=options["size"]).reshape(N_IMAGES, m, m)
+    full = np.concatenate([transfer, transfer[:, :, 1:(m + 1) // 2][:, (-np.arange(m)) % m, ::-1]], axis=2)
+    filtered = np.real(np.fft.ifft2(np.fft.fft2(unit) * full))
+    start = m // 2 - BOX // 2
+    predicted = np.broadcast_to(options["scale"], (N_IMAGES,))[:, None, None] * filtered[:, start:start + BOX,
+                                                                                          start:start + BOX]
+    beta = np.broadcast_to(options["noise_precision"], (N_IMAGES,))
+    a, b = options["a_beta"], options["b_beta"]
+    gamma_terms = (a - 1) * np.log(beta) - b * beta
+    return (0.5 * np.sum(beta[:, None, None] * (images - predicted) ** 2) - 0.5 * BOX * BOX * np.sum(np.log(beta))
+            + 0.5 * options["mean_precision"] * np.sum(params["means"] ** 2)
+            - (gamma_terms[0] if np.ndim(options["noise_precision"]) == 0 else gamma_terms.sum()))
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_ctf_energy_matches_dense_numpy_and_gradients_match_finite_differences(per_image):
+    from cryogmm.forward.gaussian import energy_and_gradients_with_ctf
+
+    images, params, options, transfer = _ctf_problem(per_image)
+
+    def energy(p, o=options):
+        return energy_and_gradients_with_ctf(images, PIXEL, p["means"], p["rotations"], p["translations"],
+                                             transfer=transfer, cutoff_sigmas=40.0, **o)
+
+    value, gradients = energy(params)
+    assert value == pytest.approx(_dense_ctf_energy(images, params, options, transfer), rel=1e-10)
+    for block, h in (("means", 1e-5), ("translations", 1e-5)):
+        shape = params[block].shape
+        numeric = _central_difference(lambda f: energy({**params, block: f.reshape(shape)})[0], params[block], h)
+        assert _relative_error(getattr(gradients, block), numeric) < 1e-5, block
+    numeric = _central_difference(lambda f: energy({**params, "rotations": Rotation.from_rotvec(
+        f.reshape(N_IMAGES, 3)).as_matrix() @ params["rotations"]})[0], np.zeros((N_IMAGES, 3)), 1e-6)
+    assert _relative_error(gradients.rotations, numeric) < 1e-5
+    numeric = _central_difference(lambda f: energy(params, {**options, "size": f[0]})[0], [options["size"]], 1e-8)
+    assert _relative_error(gradients.size, numeric) < 1e-5
+
+
+def test_ctf_of_one_equals_the_ctf_free_energy():
+    from cryogmm.forward.gaussian import energy_and_gradients_with_ctf
+
+    images, params, options, transfer = _ctf_problem(True)
+    origin = np.full(2, -(BOX // 2) * PIXEL)
+    plain = energy_and_gradients_on_grid(images, origin, PIXEL, params["means"], params["rotations"],
+                                         params["translations"], **options)
+    ctf = energy_and_gradients_with_ctf(images, PIXEL, params["means"], params["rotations"], params["translations"],
+                                        transfer=np.ones_like(transfer), **options)
+    assert ctf[0] == pytest.approx(plain[0], rel=1e-12)
+    for block in ("means", "rotations", "translations", "size", "noise_precision"):
+        np.testing.assert_allclose(getattr(ctf[1], block), getattr(plain[1], block), rtol=1e-9, atol=1e-9)

@@ -69,6 +69,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-model", default="poisson", metavar="MODEL",
                         help="poisson (images read as counts, thesis ch. 3; default) or gaussian (images of any sign "
                              "with Gaussian noise, a scale and noise level per image, thesis ch. 5)")
+    parser.add_argument("--ctf", action="store_true",
+                        help="gaussian model: convolve each projection with its image's CTF from the STAR file's "
+                             "columns (rlnDefocusU/V/Angle, voltage, Cs, amplitude contrast), so class averages "
+                             "go in without deconvolution")
     parser.add_argument("--components-initial", type=int, default=None,
                         help="K in the initial stage, whole particle (default 100, gaussian 50; K / |G| in the "
                              "asymmetric unit)")
@@ -132,6 +136,11 @@ def build_settings(args: argparse.Namespace):
     if args.noise_model not in NOISE_MODELS:
         raise InputError(f"--noise-model {args.noise_model}: unknown; choose poisson or gaussian")
     gaussian = args.noise_model == "gaussian"
+    if args.ctf and not gaussian:
+        raise InputError("--ctf: the CTF enters the model only with --noise-model gaussian; the poisson model "
+                         "takes deconvolved images (--prepare)")
+    if args.ctf and args.prepare:
+        raise InputError("--ctf and --prepare: choose one (--prepare deconvolves the CTF away)")
     for name, defaults in MODEL_DEFAULTS.items():
         if getattr(args, name) is None:  # resolved here, so that settings.json records the value used
             setattr(args, name, defaults[gaussian])
@@ -256,8 +265,9 @@ def main(args: argparse.Namespace) -> int:
             clipped_note = {"negative_pixels": n_negative, "negative_share_of_mass": share}
         check_evaluation_inputs(args, images.shape, data.pixel_size_in_angstroms)
         check_abinitio_memory(args, images.shape[0])
+        ctf = read_model_ctf(args, images.shape[0]) if args.ctf else None
         seed = int(args.seed if args.seed is not None else np.random.SeedSequence().entropy)
-        record = {"images": str(args.images), "noise_model": args.noise_model, "seed": seed, "pixel_size_in_angstroms": data.pixel_size_in_angstroms,
+        record = {"images": str(args.images), "noise_model": args.noise_model, "ctf": args.ctf, "seed": seed, "pixel_size_in_angstroms": data.pixel_size_in_angstroms,
                   "n_images": int(images.shape[0]), "box": int(images.shape[-1]), "clip_negatives": args.clip_negatives,
                   "prepare": prepared.notes if prepared else None,
                   **settings_dict(settings)}
@@ -281,7 +291,8 @@ def main(args: argparse.Namespace) -> int:
                     from cryogmm.pipelines.abinitio_gaussian import run_gaussian_abinitio
 
                     result = run_gaussian_abinitio(images, data.pixel_size_in_angstroms, settings, seed,
-                                                   checkpoint=checkpoints, progress=progress, threads=args.jobs)
+                                                   checkpoint=checkpoints, progress=progress, threads=args.jobs,
+                                                   ctf=ctf)
                 else:
                     result = run_abinitio(images, data.pixel_size_in_angstroms, settings, seed, jobs=jobs,
                                           map_restarts=map_restarts, checkpoint=checkpoints, progress=progress)
@@ -313,6 +324,22 @@ def main(args: argparse.Namespace) -> int:
 
 CLI_REMEDY = ("pass --prepare to mask, centre and clip them (deconvolving particles with CTFs first), or "
               "--clip-negatives only to subtract each image's background and set negatives to zero")
+
+
+def read_model_ctf(args, n_images: int):
+    """--ctf: the CTF of every input image from the STAR file's columns; one clear refusal otherwise."""
+    from cryogmm.io.star import ctf_parameters, read_particles
+
+    if Path(args.images).suffix.lower() != ".star":
+        raise InputError(f"--ctf {args.images}: a bare image stack has no CTF; give the STAR file that lists the "
+                         "images with their rlnDefocusU/V/Angle columns")
+    ctf = ctf_parameters(read_particles(args.images))
+    if ctf is None:
+        raise InputError(f"--ctf {args.images}: the STAR file has no CTF columns (rlnDefocusU, rlnDefocusV, "
+                         "rlnDefocusAngle); add them or leave out --ctf")
+    if len(ctf) != n_images:
+        raise InputError(f"--ctf {args.images}: {len(ctf)} CTFs for {n_images} images")
+    return ctf
 
 
 def check_evaluation_inputs(args, shape: tuple, pixel: float) -> None:

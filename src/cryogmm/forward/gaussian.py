@@ -12,7 +12,9 @@ thesis 5.2.3 and 5.2.5 mention); the Gamma prior then applies to each beta_i.
 
 `energy_and_gradients` evaluates every pixel against every component with vectorised numpy
 (memory N x P x K; the reference); `energy_and_gradients_on_grid` uses the numba kernel of
-`cryogmm.kernels.gaussian_noise` with a k-sigma cut-off.
+`cryogmm.kernels.gaussian_noise` with a k-sigma cut-off; `energy_and_gradients_with_ctf` convolves
+each image's prediction with its CTF (thesis 6.2's future work), on a padded grid so that the
+convolution is linear.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cryogmm.kernels.gaussian_noise import residual_and_centre_gradients_kernel
+from cryogmm.kernels.gaussian_noise import (centre_gradients_kernel, residual_and_centre_gradients_kernel,
+                                            residual_sums_of_squares_kernel)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +115,54 @@ def energy_and_gradients_on_grid(images, origin_in_angstroms, pixel_size_in_angs
     return _assemble(residual, centre_sums, size_sums, means, rotations, scale=scale,
                      noise_precision=noise_precision, mean_precision=mean_precision,
                      a_beta=a_beta, b_beta=b_beta)
+
+
+def padded_unit_predictions(pixel_size_in_angstroms, padded_box, means, rotations, translations, *, size,
+                            cutoff_sigmas=4.0):
+    """(N, m, m) sum_k exp(-s/2 |x - c_ik|^2) on the centred grid of the padded box m (lam = 1)."""
+    centres = np.ascontiguousarray(_projected_centres(means, rotations, translations))
+    n = len(rotations)
+    out = np.empty((n, padded_box, padded_box))
+    # the residual of zero images at scale -1 is the prediction
+    residual_sums_of_squares_kernel(np.zeros_like(out), centres, -np.ones(n), float(size),
+                                    np.full(2, -(padded_box // 2) * pixel_size_in_angstroms),
+                                    float(pixel_size_in_angstroms), float(cutoff_sigmas), out)
+    return out
+
+
+def filter_and_crop(padded_images, transfer, box):
+    """Convolve (N, m, m) images with the real, even transfer functions (N, m, m // 2 + 1) (rfft2
+    half plane) and crop the central box (the padded centre pixel onto the box centre)."""
+    m = padded_images.shape[-1]
+    start = m // 2 - box // 2
+    filtered = np.fft.irfft2(np.fft.rfft2(padded_images) * transfer, s=(m, m))
+    return filtered[:, start:start + box, start:start + box]
+
+
+def energy_and_gradients_with_ctf(images, pixel_size_in_angstroms, means, rotations, translations, *, transfer,
+                                  scale, size, noise_precision, mean_precision, a_beta=1.0, b_beta=0.0,
+                                  cutoff_sigmas=4.0):
+    """`energy_and_gradients_on_grid` with yhat_i = lam_i crop(h_i * u_i): u_i the projected mixture on
+    the centred grid of the padded box m, h_i the point-spread function whose transform is
+    `transfer[i]` ((N, m, m // 2 + 1), real and even: a CTF times the polarity), images (N, n, n)
+    on the centred grid of the box n <= m. The gradient filters the zero-padded residual with the
+    same transfer (the adjoint of a convolution by a real, even transfer is itself) and sums it
+    against the components on the padded grid."""
+    images = np.asarray(images, dtype=np.float64)
+    n, m = images.shape[-1], transfer.shape[-2]
+    unit = padded_unit_predictions(pixel_size_in_angstroms, m, means, rotations, translations, size=size,
+                                   cutoff_sigmas=cutoff_sigmas)
+    residual = images - _per_image(scale, len(images))[:, None, None] * filter_and_crop(unit, transfer, n)
+    start = m // 2 - n // 2
+    padded = np.zeros_like(unit)
+    padded[:, start:start + n, start:start + n] = residual
+    back = np.ascontiguousarray(filter_and_crop(padded, transfer, m))
+    centres = np.ascontiguousarray(_projected_centres(means, rotations, translations))
+    centre_sums, size_sums = np.empty_like(centres), np.empty(len(images))
+    centre_gradients_kernel(back, centres, float(size), np.full(2, -(m // 2) * pixel_size_in_angstroms),
+                            float(pixel_size_in_angstroms), float(cutoff_sigmas), centre_sums, size_sums)
+    return _assemble(residual, centre_sums, size_sums, means, rotations, scale=scale,
+                     noise_precision=noise_precision, mean_precision=mean_precision, a_beta=a_beta, b_beta=b_beta)
 
 
 def _assemble(residual, centre_sums, size_sums, means, rotations, *, scale, noise_precision,

@@ -50,6 +50,46 @@ def _subtract_components(image, centres, scale, size, origin, spacing, reach, re
                 residual[y, x] -= row * ex[x]
 
 
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _gradient_sums(errors, centres, size, origin, spacing, reach, dx, ex, dy, ey, d_centres):
+    """d_centres (K, 2) = sum_j e_j v_jk s (x_j - c_k) over one image's error image e (ny, nx);
+    returns sum_jk e_j v_jk |x_j - c_k|^2 / 2."""
+    ny, nx = errors.shape
+    total_size = 0.0
+    for k in range(centres.shape[0]):
+        x0, x1 = _factors(centres[k, 0], origin[0], spacing, size, reach, nx, dx, ex)
+        y0, y1 = _factors(centres[k, 1], origin[1], spacing, size, reach, ny, dy, ey)
+        gx = 0.0
+        gy = 0.0
+        for y in range(y0, y1 + 1):
+            row_x = 0.0
+            row_e = 0.0
+            row_xx = 0.0
+            for x in range(x0, x1 + 1):
+                ev = errors[y, x] * ex[x]
+                row_x += ev * dx[x]
+                row_e += ev
+                row_xx += ev * dx[x] * dx[x]
+            gx += ey[y] * row_x
+            gy += ey[y] * row_e * dy[y]
+            # |x - c|^2 = dx^2 + dy^2
+            total_size += 0.5 * ey[y] * (row_xx + row_e * dy[y] * dy[y])
+        d_centres[k, 0] = size * gx
+        d_centres[k, 1] = size * gy
+    return total_size
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+def centre_gradients_kernel(errors, centres, size, origin, spacing, cutoff_sigmas, d_centres, d_size):
+    """The sums of `residual_and_centre_gradients_kernel` for given error images (N, ny, nx) (the
+    residual filtered back through a CTF, say) instead of images - yhat."""
+    ny, nx = errors.shape[1], errors.shape[2]
+    reach = cutoff_sigmas / math.sqrt(size)
+    for i in numba.prange(centres.shape[0]):
+        dx, ex, dy, ey = np.empty(nx), np.empty(nx), np.empty(ny), np.empty(ny)
+        d_size[i] = _gradient_sums(errors[i], centres[i], size, origin, spacing, reach, dx, ex, dy, ey, d_centres[i])
+
+
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
 def residual_and_centre_gradients_kernel(images, centres, scales, size, origin, spacing, cutoff_sigmas,
                                          residual, d_centres, d_size):
@@ -66,28 +106,8 @@ def residual_and_centre_gradients_kernel(images, centres, scales, size, origin, 
         dx, ex, dy, ey = np.empty(nx), np.empty(nx), np.empty(ny), np.empty(ny)
         _subtract_components(images[i], centres[i], scales[i], size, origin, spacing, reach, residual[i],
                              dx, ex, dy, ey)
-        total_size = 0.0
-        for k in range(n_components):
-            x0, x1 = _factors(centres[i, k, 0], origin[0], spacing, size, reach, nx, dx, ex)
-            y0, y1 = _factors(centres[i, k, 1], origin[1], spacing, size, reach, ny, dy, ey)
-            gx = 0.0
-            gy = 0.0
-            for y in range(y0, y1 + 1):
-                row_x = 0.0
-                row_e = 0.0
-                row_xx = 0.0
-                for x in range(x0, x1 + 1):
-                    ev = residual[i, y, x] * ex[x]
-                    row_x += ev * dx[x]
-                    row_e += ev
-                    row_xx += ev * dx[x] * dx[x]
-                gx += ey[y] * row_x
-                gy += ey[y] * row_e * dy[y]
-                # |x - c|^2 = dx^2 + dy^2
-                total_size += 0.5 * ey[y] * (row_xx + row_e * dy[y] * dy[y])
-            d_centres[i, k, 0] = size * gx
-            d_centres[i, k, 1] = size * gy
-        d_size[i] = total_size
+        d_size[i] = _gradient_sums(residual[i], centres[i], size, origin, spacing, reach, dx, ex, dy, ey,
+                                   d_centres[i])
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)

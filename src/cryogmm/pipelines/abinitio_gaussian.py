@@ -37,7 +37,9 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 from tqdm.auto import tqdm
 
-from cryogmm.forward.gaussian import energy_and_gradients_on_grid
+from cryogmm.forward.ctf import CTFParameters, ctf_images
+from cryogmm.forward.gaussian import (energy_and_gradients_on_grid, energy_and_gradients_with_ctf, filter_and_crop,
+                                      padded_unit_predictions)
 from cryogmm.geometry.so3 import random_rotations
 from cryogmm.geometry.symmetry import asymmetric_unit_components, canonical_symmetry_name, symmetry_operators
 from cryogmm.grid import Grid
@@ -142,11 +144,19 @@ class GaussianModel:
     cutoff_sigmas: float = 4.0
     a_beta: float = 1.0
     b_beta: float = 0.0
+    # each image's CTF: its prediction is convolved with -CTF (particles bright, as RELION
+    # extracts them) on a grid padded to twice the box, so that the convolution is linear
+    ctf: CTFParameters | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "images", np.ascontiguousarray(self.images, dtype=np.float64))
         n = self.images.shape[-1]
         object.__setattr__(self, "origin", np.full(2, -(n // 2) * self.pixel_size_in_angstroms))
+        transfer = None
+        if self.ctf is not None:
+            m = 2 * n
+            transfer = -ctf_images(self.ctf, m, self.pixel_size_in_angstroms)[..., : m // 2 + 1]
+        object.__setattr__(self, "transfer", transfer)
 
     @property
     def n_images(self) -> int:
@@ -169,11 +179,17 @@ class GaussianModel:
         """E (Eqns. 5.15-5.17) at `means` (K, 3) with the rest of `state`, and dE/dmeans (K, 3)."""
         g = self.operators.shape[0]
         # r / G on each of the G copies is the prior r on the asymmetric unit
-        energy, gradients = energy_and_gradients_on_grid(
-            self.images, self.origin, self.pixel_size_in_angstroms, self.full_means(means), state.rotations,
-            state.translations, scale=state.scales, size=state.size, noise_precision=state.noise_precisions,
-            mean_precision=self.mean_precision / g, a_beta=self.a_beta, b_beta=self.b_beta,
-            cutoff_sigmas=self.cutoff_sigmas)
+        options = dict(scale=state.scales, size=state.size, noise_precision=state.noise_precisions,
+                       mean_precision=self.mean_precision / g, a_beta=self.a_beta, b_beta=self.b_beta,
+                       cutoff_sigmas=self.cutoff_sigmas)
+        if self.transfer is not None:
+            energy, gradients = energy_and_gradients_with_ctf(
+                self.images, self.pixel_size_in_angstroms, self.full_means(means), state.rotations,
+                state.translations, transfer=self.transfer, **options)
+        else:
+            energy, gradients = energy_and_gradients_on_grid(
+                self.images, self.origin, self.pixel_size_in_angstroms, self.full_means(means), state.rotations,
+                state.translations, **options)
         pooled = np.einsum("gka,gab->kb", gradients.means.reshape(g, -1, 3), self.operators)
         return energy, pooled
 
@@ -182,6 +198,10 @@ class GaussianModel:
 
     def sums_of_squares(self, means, rotations, translations, scales, size) -> np.ndarray:
         """(N,) sum_j (y_ij - yhat_ij)^2."""
+        if self.transfer is not None:
+            unit = self.unit_predictions(means, rotations, translations, size)
+            residual = self.images - np.asarray(scales)[:, None, None] * unit
+            return np.sum(residual.reshape(self.n_images, -1) ** 2, axis=1)
         return residual_sums_of_squares_kernel(self.images, self.centres(means, rotations, translations),
                                                np.asarray(scales, dtype=np.float64), float(size), self.origin,
                                                self.pixel_size_in_angstroms, float(self.cutoff_sigmas),
@@ -189,6 +209,11 @@ class GaussianModel:
 
     def unit_predictions(self, means, rotations, translations, size) -> np.ndarray:
         """(N, n, n) predictions with lam = 1: the residual of zero images at scale -1."""
+        if self.transfer is not None:
+            padded = padded_unit_predictions(self.pixel_size_in_angstroms, self.transfer.shape[-2],
+                                             self.full_means(means), rotations, translations, size=size,
+                                             cutoff_sigmas=self.cutoff_sigmas)
+            return filter_and_crop(padded, self.transfer, self.box)
         out = np.empty_like(self.images)
         residual_sums_of_squares_kernel(np.zeros_like(self.images), self.centres(means, rotations, translations),
                                         -np.ones(self.n_images), float(size), self.origin,
@@ -361,31 +386,52 @@ def pose_moves(rng: np.random.Generator, model: GaussianModel, state: GaussianSt
 
 
 def rotation_table(model: GaussianModel, state: GaussianState, candidates: np.ndarray, chunk: int = 128) -> np.ndarray:
-    """(N, M) log p(y_i | R_m, rest) with lam_i integrated out (Eqn. 5.41): beta_i B_im^2 / (2 A_m)
-    - log(beta_i A_m) / 2 with A_m = |ytilde_m|^2, B_im = max(y_i . ytilde_m, 0) (a positive
+    """(N, M) log p(y_i | R_m, rest) with lam_i integrated out (Eqn. 5.41): beta_i B_im^2 / (2 A_im)
+    - log(beta_i A_im) / 2 with A_im = |ytilde_im|^2, B_im = max(y_i . ytilde_im, 0) (a positive
     weight); each image at its current translation (the projections are made at zero shift
-    and the images moved back by their translations to the nearest pixel)."""
+    and the images moved back by their translations to the nearest pixel). With a CTF, B_im is
+    the projection against the image filtered back through its CTF on the padded grid, and A_im
+    the power of the filtered projection by Parseval, the crop left out."""
     full = model.full_means(state.means)
     n = model.box
     pixel = model.pixel_size_in_angstroms
     shifts = np.rint(state.translations / pixel).astype(int)
     images = np.stack([np.roll(y, (-dy, -dx), axis=(0, 1)) for y, (dx, dy) in zip(model.images, shifts)])
+    size = n
+    if model.transfer is not None:
+        size = model.transfer.shape[-2]
+        start = size // 2 - n // 2
+        padded = np.zeros((model.n_images, size, size))
+        padded[:, start:start + n, start:start + n] = images
+        images = filter_and_crop(padded, model.transfer, size)
+        # |T_i(k)|^2 on the rfft2 half plane, each column counted as often as it stands in the full plane
+        multiplicity = np.full(size // 2 + 1, 2.0)
+        multiplicity[0] = 1.0
+        if size % 2 == 0:
+            multiplicity[-1] = 1.0
+        power = (model.transfer**2 * multiplicity).reshape(model.n_images, -1) / size**2
     flat_images = images.reshape(model.n_images, -1)
-    origin = np.array([model.origin[0], model.origin[1], 0.0])
+    origin = np.full(3, -(size // 2) * pixel)
+    origin[2] = 0.0
     table = np.empty((model.n_images, len(candidates)))
-    for start in range(0, len(candidates), chunk):
-        rotations = candidates[start:start + chunk]
+    beta = state.noise_precisions[:, None]
+    for first in range(0, len(candidates), chunk):
+        rotations = candidates[first:first + chunk]
         means = np.ascontiguousarray(full @ rotations.transpose(0, 2, 1))
         means[:, :, 2] = 0.0
-        out = np.empty((len(rotations), n, n))
+        out = np.empty((len(rotations), size, size))
         projected_densities_kernel(means, np.ones(len(full)), float(state.size), origin, pixel,
                                    float(model.cutoff_sigmas), out)
         unit = out.reshape(len(rotations), -1)
-        a = np.maximum(np.einsum("mj,mj->m", unit, unit), 1e-300)
+        if model.transfer is None:
+            a = np.einsum("mj,mj->m", unit, unit)[None, :]
+        else:
+            spectra = np.abs(np.fft.rfft2(out)) ** 2
+            a = np.einsum("if,mf->im", power, spectra.reshape(len(rotations), -1))
+        a = np.maximum(a, 1e-300)
         # einsum's own loop, not BLAS: a threaded BLAS spun 0.37 s per table on a loaded 2-core machine
         b = np.maximum(np.einsum("ij,mj->im", flat_images, unit), 0.0)
-        beta = state.noise_precisions[:, None]
-        table[:, start:start + len(rotations)] = 0.5 * beta * b**2 / a - 0.5 * np.log(beta * a)
+        table[:, first:first + len(rotations)] = 0.5 * beta * b**2 / a - 0.5 * np.log(beta * a)
     return table
 
 
@@ -460,11 +506,12 @@ def crop_images(images: np.ndarray, pixel_size_in_angstroms: float, box: int) ->
     return np.asarray(small, dtype=np.float64), pixel_size_in_angstroms * n / box
 
 
-def _restart_model(images, pixel, settings: GaussianAbinitioSettings, box: int) -> GaussianModel:
+def _model(images, pixel, settings: GaussianAbinitioSettings, box: int, ctf: CTFParameters | None) -> GaussianModel:
+    """The model of the images Fourier-cropped to `box` (the CTF evaluated at the new pixel size)."""
     small, small_pixel = crop_images(images, pixel, box)
     return GaussianModel(small, small_pixel, default_mean_precision(small, small_pixel),
                          symmetry_operators(settings.symmetry), settings.cutoff_sigmas, settings.a_beta,
-                         settings.b_beta)
+                         settings.b_beta, ctf)
 
 
 def annealing_temperature(initial: float, cycle: int, n_cycles: int) -> float:
@@ -528,23 +575,26 @@ def default_max_shift_in_angstroms(box: int, pixel_size_in_angstroms: float) -> 
 
 def run_gaussian_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: GaussianAbinitioSettings,
                           seed: int, *, checkpoint=None, progress: bool = False,
-                          threads: int | None = None) -> GaussianAbinitioResult:
+                          threads: int | None = None, ctf: CTFParameters | None = None) -> GaussianAbinitioResult:
     """The whole Gaussian-noise ab initio pipeline on square images `(N, n, n)` of any sign.
 
     checkpoint : optional object with `load(name) -> dict | None` and `save(name, dict)`.
     threads : numba threads of the kernels (over images) during the run (default: numba's).
+    ctf : each image's CTF (`cryogmm.io.star.ctf_parameters`): the predictions are convolved with
+        -CTF (particles bright on a zero background, as RELION extracts them), so CTF-affected
+        class averages go in as they are.
     The restarts run one after another.
     """
     previous = numba.get_num_threads()
     if threads is not None:
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     try:
-        return _run(images, pixel_size_in_angstroms, settings, seed, checkpoint, progress)
+        return _run(images, pixel_size_in_angstroms, settings, seed, checkpoint, progress, ctf)
     finally:
         numba.set_num_threads(previous)
 
 
-def _run(images, pixel_size_in_angstroms, settings, seed, checkpoint, progress) -> GaussianAbinitioResult:
+def _run(images, pixel_size_in_angstroms, settings, seed, checkpoint, progress, ctf) -> GaussianAbinitioResult:
     images = np.asarray(images, dtype=np.float64)
     pixel = float(pixel_size_in_angstroms)
     timings: dict = {}
@@ -556,7 +606,7 @@ def _run(images, pixel_size_in_angstroms, settings, seed, checkpoint, progress) 
         max_shift = default_max_shift_in_angstroms(images.shape[-1], pixel)
     if not settings.refine_translations:
         max_shift = 0.0
-    model = _restart_model(images, pixel, settings, settings.initial_box)
+    model = _model(images, pixel, settings, settings.initial_box, ctf)
     logger.info("noise model gaussian: initial stage: %d restarts, K = %d, %d images of %d px at %.3g Å/px, "
                 "N_R = %d, symmetry %s", settings.n_restarts, settings.n_components_initial, model.n_images,
                 model.box, model.pixel_size_in_angstroms, settings.n_rotations, settings.symmetry)
@@ -591,7 +641,8 @@ def _run(images, pixel_size_in_angstroms, settings, seed, checkpoint, progress) 
     logger.info("best restart: %d (log-posterior %.6g)", best.index + 1, best.log_posterior)
 
     t1 = time.perf_counter()
-    refined = _refine(images, pixel, settings, seeds[-1], states[best.index], max_shift, checkpoint, progress, timings)
+    refined = _refine(images, pixel, settings, seeds[-1], states[best.index], max_shift, checkpoint, progress, timings,
+                      ctf)
     report["refinement"] = refined.pop("report")
     timings["refinement_seconds"] = timings.pop("refinement_seconds_before_resume", 0.0) + time.perf_counter() - t1
     timings["total_seconds"] = timings["initial_stage_seconds"] + timings["refinement_seconds"]
@@ -604,12 +655,11 @@ def _rounded(d: dict) -> dict:
 
 
 def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, start: GaussianState,
-            max_shift: float, checkpoint, progress: bool, timings: dict) -> dict:
+            max_shift: float, checkpoint, progress: bool, timings: dict, ctf: CTFParameters | None = None) -> dict:
     """The refinement stage; returns the fields of GaussianAbinitioResult it owns."""
     started = time.perf_counter()
     before = 0.0
-    model = GaussianModel(images, pixel, default_mean_precision(images, pixel), symmetry_operators(settings.symmetry),
-                          settings.cutoff_sigmas, settings.a_beta, settings.b_beta)
+    model = _model(images, pixel, settings, images.shape[-1], ctf)
     g = model.operators.shape[0]
     k = asymmetric_unit_components(settings.n_components, settings.symmetry)
     n_box = images.shape[-1]

@@ -10,6 +10,7 @@ another test); the uninterrupted and resumed runs run in-process.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,11 +29,12 @@ from cryogmm.simulate.phantom import asymmetric_phantom
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
-# two restarts (checkpointed one by one) and a refinement of 100 + 1 + 40 steps (checkpoints at
-# steps 50 and 100): long enough that a signal sent when a checkpoint appears lands mid-run
+# two restarts (checkpointed one by one) and, with the fixed schedule, a refinement of a 100-step
+# warm-up (checkpointed at step 50), one global step, 20 burn-in and 20 sampling steps: long
+# enough that a signal sent when a checkpoint appears lands mid-run
 OPTIONS = ["--restarts", "2", "--jobs", "1", "--components-initial", "10", "--components", "20", "--initial-box", "16",
            "--initial-counts", "100", "--counts", "300", "--rotations", "30", "--cycles", "2", "--refine-steps", "40",
-           "--burn-in", "20", "--thin", "5", "--seed", "11", "--quiet"]
+           "--burn-in", "20", "--thin", "5", "--fixed-schedule", "--seed", "11", "--quiet"]
 LABEL = slice(224, 304)  # MRC header label 1: "cryogmm VERSION  DATE TIME"
 
 
@@ -88,6 +90,7 @@ def test_two_runs_with_the_same_seed_are_identical(stack, uninterrupted, tmp_pat
     again = tmp_path / "again"
     assert main(["abinitio", str(stack), "--output", str(again)] + OPTIONS) == 0
     _assert_identical(again, uninterrupted)
+    assert not json.loads((again / "summary.json").read_text())["timings_in_seconds"].get("resumed", False)
 
 
 def test_sigkill_then_resume_is_bit_identical(stack, uninterrupted, tmp_path, capsys):
@@ -113,17 +116,19 @@ def test_sigint_then_resume_is_bit_identical(stack, uninterrupted, tmp_path, cap
     out = tmp_path / "run"
     stderr = tmp_path / "stderr.txt"
     process = _start(stack, out, stderr)
-    _wait_for(tmp_path / ".run.checkpoint" / "refinement.npz", process, stderr)  # refinement step 50 is saved
+    _wait_for(tmp_path / ".run.checkpoint" / "refinement_warmup.npz", process, stderr)  # warm-up step 50 saved
     process.send_signal(signal.SIGINT)
     status = process.wait(timeout=60)
     text = stderr.read_text()
     assert status == 130, text
     assert "Traceback" not in text and "SystemError" not in text, text
     last = text.strip().splitlines()[-1]
-    assert last.startswith("cryogmm abinitio: interrupted; continue with --resume from refinement step "), text
+    assert last.startswith("cryogmm abinitio: interrupted; continue with --resume from refinement "), text
     assert text.count("interrupted") == 1
     assert not out.exists() and not list(tmp_path.glob(".run.tmp-*"))  # nothing half-written
     assert main(["abinitio", str(stack), "--output", str(out), "--resume"] + OPTIONS) == 0
-    assert "resuming the refinement at step" in capsys.readouterr().err
+    capsys.readouterr()
+    # it continued the saved warm-up chain (the same result from scratch would prove nothing)
+    assert json.loads((out / "summary.json").read_text())["timings_in_seconds"]["resumed"] is True
     _assert_identical(out, uninterrupted)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "stderr.txt"]

@@ -26,6 +26,9 @@ class CheckpointFolder:
     A resumed run must use the same settings and seed; `check_settings` refuses otherwise.
     """
 
+    # checkpointed chains, the latest stage first (a resumed run continues from the first present)
+    CHAIN_ORDER = ("refinement_sampling", "refinement_burn_in", "refinement_warmup", "refinement")
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
@@ -65,22 +68,32 @@ class CheckpointFolder:
             return {key: data[key] for key in data.files}
 
     def progress(self) -> str | None:
-        """Where a resumed run continues, in words, from the pieces saved so far; None if none."""
+        """Where a resumed run continues, in words, from the pieces saved so far; None if none.
+
+        Knows the pieces of the pipelines: driver chains (a `step` and whether the chain
+        `finished`; the latest chain in `CHAIN_ORDER` wins), a state with an `iteration` (possibly
+        inside `scalars_json`), and ab initio restarts (`restart_N`, out of `n_restarts` in the
+        recorded settings)."""
         names = sorted(p.name[:-4] for p in self.path.glob("*.npz") if not p.name.endswith(".tmp.npz"))
-        scalar = {}
-        for name, key in (("refinement", "step"), ("state", "iteration")):
-            if name in names:
-                try:
-                    arrays = self.load(name)
-                    # a pipeline's state may keep its scalars as one JSON string
-                    value = arrays[key] if key in arrays else json.loads(str(arrays["scalars_json"]))[key]
-                    scalar[name] = int(value)
-                except (KeyError, OSError, ValueError, TypeError):
-                    scalar[name] = None
-        if scalar.get("refinement") is not None:
-            return f"refinement step {scalar['refinement']}"
-        if scalar.get("state") is not None:
-            return f"the checkpoint after iteration {scalar['state']}"
+
+        def value(name, key):
+            try:
+                arrays = self.load(name)
+                # a pipeline's state may keep its scalars as one JSON string
+                return arrays[key] if key in arrays else json.loads(str(arrays["scalars_json"]))[key]
+            except (KeyError, OSError, ValueError, TypeError):
+                return None
+
+        chains = [n for n in self.CHAIN_ORDER if n in names]
+        if chains:
+            name = chains[0]
+            words = name.replace("_", " ").replace("warmup", "warm-up").replace("burn in", "burn-in")
+            if value(name, "finished") is not None and bool(value(name, "finished")):
+                return f"the end of the {words}"
+            step = value(name, "step")
+            return f"{words} step {int(step)}" if step is not None else f"the {words}"
+        if "state" in names and value("state", "iteration") is not None:
+            return f"the checkpoint after iteration {int(value('state', 'iteration'))}"
         restarts = [n for n in names if n.startswith("restart_")]
         if restarts:
             try:

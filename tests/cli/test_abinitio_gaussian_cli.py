@@ -64,10 +64,23 @@ def _expect_refusal(capsys, argv, fragment, tmp_path, out="run"):
     assert not (tmp_path / f".{out}.checkpoint").exists()
 
 
+def test_replica_exchange_reports_swap_rates(tmp_path, stack):
+    out = tmp_path / "tempered"
+    assert main(["abinitio", str(stack), "--seed", "4", "--temperatures", "1,1.5,2.25", "--output", str(out)]
+                + TINY) == 0
+    refinement = json.loads((out / "summary.json").read_text())["samplers"]["refinement"]
+    assert refinement["temperatures"] == [1.0, 1.5, 2.25]
+    assert len(refinement["swap_rates"]) == 2 and all(0.0 <= r <= 1.0 for r in refinement["swap_rates"])
+    assert "swap rates" in (out / "run.log").read_text()
+
+
 def test_bad_noise_model_options_are_refused(tmp_path, stack, capsys):
     _expect_refusal(capsys, ["abinitio", str(stack), "--noise-model", "laplace"], "--noise-model laplace", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(stack), "--dask-scheduler", "tcp://x:1"] + TINY, "--dask-scheduler",
                     tmp_path)
+    for ladder, fragment in (("1,0", "positive"), ("1,-2", "positive"), ("1,3,2", "increase"), ("2,4", "start at 1"),
+                             ("1,x", "comma-separated")):
+        _expect_refusal(capsys, ["abinitio", str(stack), "--temperatures", ladder] + TINY, fragment, tmp_path)
 
 
 def _star(tmp_path, stack, n, ctf: bool):

@@ -40,3 +40,47 @@ def test_recovers_poses_and_projections_of_pol_ii(shared_data):
     assert min(ccs) > 0.95, ccs
     refinement = result.sampler_report["refinement"]["acceptance_rates"]
     assert 0.5 < refinement["means"] < 1.0 and 0.1 < refinement["rotations"] < 0.6, refinement
+
+
+class _Interrupting:
+    """A checkpoint store in memory that stops the run (Ctrl-C) at its `stop_at`-th refinement save."""
+
+    def __init__(self, stop_at=None):
+        self.saved, self.stop_at, self.refinement_saves = {}, stop_at, 0
+
+    def load(self, name):
+        return self.saved.get(name)
+
+    def save(self, name, arrays):
+        self.saved[name] = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        if name == "refinement":
+            self.refinement_saves += 1
+            if self.refinement_saves == self.stop_at:
+                raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("temperatures", [(1.0,), (1.0, 2.0)])
+def test_resumed_refinement_equals_an_uninterrupted_one(temperatures):
+    rng = np.random.default_rng(3)
+    rotations = random_rotations(rng, 5)
+    coords = (np.arange(16) - 8) * 5.0
+    means = rng.normal(scale=12.0, size=(8, 3))
+    centres = means @ rotations.transpose(0, 2, 1)
+    images = np.exp(-0.5 * ((coords[None, None, :, None] - centres[:, :, None, None, 0]) ** 2
+                            + (coords[None, None, None, :] - centres[:, :, None, None, 1]).transpose(0, 1, 3, 2) ** 2)
+                    / 36.0).sum(1)
+    images = images + rng.normal(scale=0.05, size=images.shape)
+    settings = GaussianAbinitioSettings(n_restarts=1, n_components_initial=8, n_components=12, initial_box=16,
+                                        n_rotations=30, n_cycles=2, mixture_steps=2, pose_steps=2,
+                                        refine_mixture_steps=2, refine_steps=8, refine_burn_in=3, refine_thin=1,
+                                        checkpoint_every=3, temperatures=temperatures)
+    whole = run_gaussian_abinitio(images, 5.0, settings, seed=7, checkpoint=_Interrupting(), threads=1)
+    store = _Interrupting(stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_gaussian_abinitio(images, 5.0, settings, seed=7, checkpoint=store, threads=1)
+    store.stop_at = None
+    resumed = run_gaussian_abinitio(images, 5.0, settings, seed=7, checkpoint=store, threads=1)
+    assert resumed.timings.get("resumed")
+    np.testing.assert_array_equal(resumed.posterior_mean, whole.posterior_mean)
+    np.testing.assert_array_equal(resumed.rotations, whole.rotations)
+    assert resumed.sampler_report["refinement"] == whole.sampler_report["refinement"]

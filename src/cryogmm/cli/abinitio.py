@@ -73,6 +73,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="gaussian model: convolve each projection with its image's CTF from the STAR file's "
                              "columns (rlnDefocusU/V/Angle, voltage, Cs, amplitude contrast), so class averages "
                              "go in without deconvolution")
+    parser.add_argument("--temperatures", default="1", metavar="T0,T1,...",
+                        help="gaussian model: replica exchange in the refinement over this temperature ladder, "
+                             "starting at 1 and increasing, e.g. 1,2,4 (default 1: no tempering); swap rates "
+                             "go to summary.json and run.log")
     parser.add_argument("--components-initial", type=int, default=None,
                         help="K in the initial stage, whole particle (default 100, gaussian 50; K / |G| in the "
                              "asymmetric unit)")
@@ -141,6 +145,7 @@ def build_settings(args: argparse.Namespace):
                          "takes deconvolved images (--prepare)")
     if args.ctf and args.prepare:
         raise InputError("--ctf and --prepare: choose one (--prepare deconvolves the CTF away)")
+    args.temperatures = parse_temperatures(args.temperatures, gaussian)
     for name, defaults in MODEL_DEFAULTS.items():
         if getattr(args, name) is None:  # resolved here, so that settings.json records the value used
             setattr(args, name, defaults[gaussian])
@@ -186,6 +191,25 @@ def build_settings(args: argparse.Namespace):
                             restart_agreement_in_degrees=args.restart_agreement)
 
 
+def parse_temperatures(text, gaussian: bool) -> tuple[float, ...]:
+    """--temperatures "1,2,4" as a checked ladder (InputError naming the option otherwise)."""
+    from cryogmm.samplers.tempering import check_ladder
+
+    if isinstance(text, tuple):  # already parsed (a settings record being re-read)
+        return text
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise InputError(f"--temperatures {text}: not a comma-separated list of numbers, e.g. 1,2,4") from None
+    try:
+        ladder = check_ladder(values)
+    except ValueError as exc:
+        raise InputError(f"--temperatures {text}: {exc}") from None
+    if len(ladder) > 1 and not gaussian:
+        raise InputError("--temperatures: replica exchange is implemented for --noise-model gaussian only")
+    return ladder
+
+
 def _gaussian_settings(args: argparse.Namespace):
     """--noise-model gaussian: the options that apply to it (the count options are the Poisson model's)."""
     from cryogmm.pipelines.abinitio_gaussian import GaussianAbinitioSettings
@@ -197,6 +221,7 @@ def _gaussian_settings(args: argparse.Namespace):
                                     n_rotations=args.rotations, n_cycles=args.cycles, n_components=args.components,
                                     refine_steps=args.refine_steps, refine_burn_in=args.burn_in,
                                     refine_thin=args.thin, refine_translations=args.max_shift != 0,
+                                    temperatures=args.temperatures,
                                     max_shift_in_angstroms=args.max_shift or None)
 
 

@@ -52,6 +52,7 @@ from cryogmm.samplers.driver import _rng_state, _set_rng_state
 from cryogmm.samplers.gaussian_noise import draw_noise_precision, draw_weight
 from cryogmm.samplers.hmc import HMC, HMCState, adapted_step_size
 from cryogmm.samplers.image_mh import BlockMH, BlockMHState, gaussian_proposal
+from cryogmm.samplers.tempering import ReplicaExchange, ReplicaState, check_ladder
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class GaussianAbinitioSettings:
     refine_translations: bool = True
     max_shift_in_angstroms: float | None = None
     # samplers
+    # replica exchange in the refinement: the ladder T_0 = 1 < T_1 < ... (one temperature: none)
+    temperatures: tuple[float, ...] = (1.0,)
     n_leapfrog: int = 10
     cutoff_sigmas: float = 4.0
     a_beta: float = 1.0
@@ -103,6 +106,7 @@ class GaussianAbinitioSettings:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.refine_burn_in >= self.refine_steps and self.refine_steps > 0:
             raise ValueError(f"refine_burn_in ({self.refine_burn_in}) must be below refine_steps ({self.refine_steps})")
+        object.__setattr__(self, "temperatures", check_ladder(self.temperatures))
         if not self.initial_temperature >= 1.0:
             raise ValueError(f"initial_temperature must be at least 1, got {self.initial_temperature}")
         if not self.cutoff_sigmas > 0:
@@ -667,12 +671,16 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
     translations = max_shift > 0
     warm = settings.refine_mixture_steps
     total = warm + settings.refine_steps
+    ladder = settings.temperatures
     rng = np.random.default_rng(seed_sequence)
     saved = checkpoint.load("refinement") if checkpoint is not None else None
     if saved is not None:
         _set_rng_state(rng, saved["rng"])
-        state, best_state = _state_from("", saved), _state_from("best_", saved)
-        tuning = _Tuning.from_arrays(saved)
+        best_state = _state_from("best_", saved)
+        replicas = ReplicaState(tuple(_state_from(f"replica{j}_", saved) for j in range(len(ladder))),
+                                np.asarray(saved["replica_energies"]), np.asarray(saved["swaps_attempted"]),
+                                np.asarray(saved["swaps_accepted"]), int(saved["step"]))
+        tunings = [_Tuning.from_arrays(saved, f"tuning{j}_") for j in range(len(ladder))]
         step, trace, sigmas = int(saved["step"]), list(saved["trace"]), list(saved["sigmas"])
         mean_sum, n_samples = np.asarray(saved["mean_sum"]), int(saved["n_samples"])
         best_lp = float(saved["best_log_posterior"])
@@ -689,7 +697,7 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
         state = replace(_initial_state(rng, model, k, sigma, rotations=start.rotations, means=means),
                         translations=start.translations.copy())
         state = _draw_scales_and_noise(rng, model, state)
-        tuning = _Tuning(rotation_step=0.01, translation_step=0.25 * pixel)
+        tunings = [_Tuning(rotation_step=0.01, translation_step=0.25 * pixel) for _ in ladder]
         step, trace, sigmas = 0, [], []
         mean_sum, n_samples = np.zeros(grid.shape), 0
         best_lp, best_state = -np.inf, state
@@ -698,20 +706,40 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
                 f"within {max_shift:.3g} Å" if translations else "fixed", warm, settings.refine_steps,
                 settings.refine_burn_in)
     adapt_until = warm + settings.refine_burn_in
+    rung = {t: j for j, t in enumerate(ladder)}
+    last = {}
+
+    def sweep(rng, state, temperature):
+        """One refinement sweep of the replica at `temperature` (its own step sizes)."""
+        tuning = tunings[rung[temperature]]
+        adapt = step < adapt_until
+        if step == warm:  # the poses came from coarse images: one global step at full size
+            state, info = global_rotation_step(rng, model, state, settings.n_rotations, temperature)
+            if temperature == 1.0:
+                logger.info("refinement: global rotation step kept %d of %d rotations", info["kept_current"],
+                            model.n_images)
+        state, info = mixture_sweep(rng, model, state, tuning, n_leapfrog=settings.n_leapfrog, adapt=adapt,
+                                    temperature=temperature)
+        if step >= warm:
+            state = pose_moves(rng, model, state, tuning, n_steps=settings.refine_pose_steps,
+                               translations=translations, adapt=adapt, max_shift_in_angstroms=max_shift,
+                               temperature=temperature)
+        if temperature == 1.0:
+            last["energy"] = info["energy"]
+        return state
+
+    exchange = ReplicaExchange(sweep=sweep, energy=model.energy, temperatures=ladder)
+    if saved is None:
+        replicas = exchange.init(rng, [state] * len(ladder)) if len(ladder) > 1 else \
+            ReplicaState((state,), np.zeros(1), np.zeros(0), np.zeros(0))
+    state = replicas.replicas[0]
     bar = tqdm(total=total, initial=step, desc="refinement", disable=not progress, leave=False, unit="sweep")
     try:
         while step < total:
-            adapt = step < adapt_until
-            if step == warm:  # the poses came from coarse images: one global step at full size
-                state, info = global_rotation_step(rng, model, state, settings.n_rotations)
-                logger.info("refinement: global rotation step kept %d of %d rotations", info["kept_current"],
-                            model.n_images)
-            state, info = mixture_sweep(rng, model, state, tuning, n_leapfrog=settings.n_leapfrog, adapt=adapt)
-            if step >= warm:
-                state = pose_moves(rng, model, state, tuning, n_steps=settings.refine_pose_steps,
-                                   translations=translations, adapt=adapt, max_shift_in_angstroms=max_shift)
+            replicas, _ = exchange.step(rng, replicas)
+            state = replicas.replicas[0]
             step += 1
-            lp = -info["energy"]
+            lp = -last["energy"]
             trace.append(lp)
             sigmas.append(1.0 / math.sqrt(state.size))
             done = step - warm
@@ -726,7 +754,10 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
                     "elapsed_seconds": np.array(before + time.perf_counter() - started), "rng": _rng_state(rng),
                     "step": np.array(step), "trace": np.asarray(trace), "sigmas": np.asarray(sigmas),
                     "mean_sum": mean_sum, "n_samples": np.array(n_samples), "best_log_posterior": np.array(best_lp),
-                    **_state_arrays("", state), **_state_arrays("best_", best_state), **tuning.to_arrays()})
+                    **_state_arrays("best_", best_state), "replica_energies": replicas.energies,
+                    "swaps_attempted": replicas.attempted, "swaps_accepted": replicas.accepted,
+                    **{k: v for j, r in enumerate(replicas.replicas) for k, v in _state_arrays(f"replica{j}_", r).items()},
+                    **{k: v for j, t in enumerate(tunings) for k, v in t.to_arrays(f"tuning{j}_").items()}})
     finally:
         bar.close()
     final_lp = -model.energy(state)
@@ -736,9 +767,15 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
         best_lp, best_state = final_lp, state
     if n_samples == 0:
         mean_sum, n_samples = evaluate(_full_mixture(model, state), grid), 1
-    report = tuning.report()
+    report = tunings[0].report()
     logger.info("refinement: acceptance %s; step sizes %s", _rounded(report["acceptance_rates"]),
                 _rounded(report["step_sizes"]))
+    if len(ladder) > 1:
+        report["temperatures"] = list(ladder)
+        report["swap_rates"] = [float(r) for r in replicas.swap_rates()]
+        report["hot_replicas"] = [tunings[j].report() for j in range(1, len(ladder))]
+        logger.info("replica exchange over temperatures %s: swap rates between neighbours %s", list(ladder),
+                    [round(r, 3) for r in report["swap_rates"]])
     mixture = GaussianMixture(best_state.means, np.full(k, 1.0 / k), best_state.size)
     return dict(mixture=mixture, full_mixture=_full_mixture(model, best_state), rotations=state.rotations,
                 translations_in_angstroms=state.translations, posterior_mean=mean_sum / n_samples,

@@ -482,7 +482,7 @@ def _warnings_section(run: RunFiles) -> str:
 _KEY_NAMES = ("n_images", "n_particles", "box", "pixel_size_in_angstroms", "symmetry", "n_components",
               "sigma_in_angstroms", "chosen_restart", "final_log_posterior", "resolution_in_angstroms",
               "unmasked_resolution_in_angstroms", "bfactor_in_angstroms2", "n_iterations", "converged", "n_classes",
-              "n_samples_averaged", "seconds", "defocus_in_angstroms", "astigmatism_in_angstroms", "voltage_in_kv",
+              "n_samples_averaged", "projection_cross_correlations", "seconds", "defocus_in_angstroms", "astigmatism_in_angstroms", "voltage_in_kv",
               "spherical_aberration_in_mm", "amplitude_contrast", "thon_rings")
 
 

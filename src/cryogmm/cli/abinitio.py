@@ -91,9 +91,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cycles", type=int, default=None,
                         help="mixture/rotation alternations per restart (default 12, gaussian 20)")
     parser.add_argument("--refine-steps", type=int, default=None,
-                        help="full Gibbs steps in the refinement (default 300, gaussian 60)")
+                        help="full Gibbs steps in the refinement (default 300, gaussian 120)")
     parser.add_argument("--burn-in", type=int, default=None,
-                        help="refinement steps before averaging (default 150, gaussian 30)")
+                        help="refinement steps before averaging (default 150, gaussian 60)")
     parser.add_argument("--thin", type=int, default=None,
                         help="average every N-th sample after burn-in (default 10, gaussian 3)")
     parser.add_argument("--fixed-schedule", action="store_true",
@@ -130,7 +130,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 # defaults of the options whose value depends on --noise-model (poisson, gaussian)
 MODEL_DEFAULTS = {"components_initial": (100, 50), "components": (1000, 500), "initial_box": (32, 24),
-                  "cycles": (12, 20), "refine_steps": (300, 60), "burn_in": (150, 30), "thin": (10, 3)}
+                  "cycles": (12, 20), "refine_steps": (300, 120), "burn_in": (150, 60), "thin": (10, 3)}
 NOISE_MODELS = ("poisson", "gaussian")
 
 

@@ -79,10 +79,10 @@ class GaussianAbinitioSettings:
     # refinement stage
     n_components: int = 500
     refine_mixture_steps: int = 20
-    refine_steps: int = 60
-    refine_burn_in: int = 30
+    refine_steps: int = 120
+    refine_burn_in: int = 60
     refine_thin: int = 3
-    refine_pose_steps: int = 4
+    refine_pose_steps: int = 2
     refine_translations: bool = True
     max_shift_in_angstroms: float | None = None
     # samplers
@@ -442,12 +442,17 @@ def rotation_table(model: GaussianModel, state: GaussianState, candidates: np.nd
 def global_rotation_step(rng: np.random.Generator, model: GaussianModel, state: GaussianState, n_rotations: int,
                          temperature: float = 1.0) -> tuple[GaussianState, dict]:
     """Every image's rotation drawn from its marginal posterior over `n_rotations` fresh uniform
-    rotations and its current one (discrete approximation, Eqns. 3.8-3.11 with the Gaussian
-    likelihood): Gumbel-max on the table."""
-    candidates = np.concatenate([random_rotations(rng, n_rotations), state.rotations])
+    rotations, its current one and the current one turned by 180 degrees about the image's x and
+    y axes (the flipped view, whose projection is nearly the mirror image: a basin that local moves
+    cannot reach) (discrete approximation, Eqns. 3.8-3.11 with the Gaussian likelihood):
+    Gumbel-max on the table."""
+    flips = [np.diag([1.0, -1.0, -1.0]) @ state.rotations, np.diag([-1.0, 1.0, -1.0]) @ state.rotations]
+    candidates = np.concatenate([random_rotations(rng, n_rotations), state.rotations] + flips)
     table = rotation_table(model, state, candidates) / temperature
     choice = np.argmax(table + rng.gumbel(size=table.shape), axis=1)
-    info = {"kept_current": int((choice >= n_rotations).sum())}
+    n = model.n_images
+    info = {"kept_current": int(((choice >= n_rotations) & (choice < n_rotations + n)).sum()),
+            "flipped": int((choice >= n_rotations + n).sum())}
     return replace(state, rotations=candidates[choice]), info
 
 
@@ -716,8 +721,8 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
         if step == warm:  # the poses came from coarse images: one global step at full size
             state, info = global_rotation_step(rng, model, state, settings.n_rotations, temperature)
             if temperature == 1.0:
-                logger.info("refinement: global rotation step kept %d of %d rotations", info["kept_current"],
-                            model.n_images)
+                logger.info("refinement: global rotation step kept %d of %d rotations, flipped %d",
+                            info["kept_current"], model.n_images, info["flipped"])
         state, info = mixture_sweep(rng, model, state, tuning, n_leapfrog=settings.n_leapfrog, adapt=adapt,
                                     temperature=temperature)
         if step >= warm:

@@ -567,21 +567,15 @@ def prepare_input(path: Path, pixel_size_in_angstroms: float | None) -> Prepared
 
 def compare_with_reference(volume: np.ndarray, pixel: float, reference_path: Path, folder: Path,
                            recorded_path: Path | None = None) -> dict:
-    """Align the result to the reference (rotation, shift, hand) and measure FSC and CC; the
-    reference is recorded as `recorded_path` (its final place) if given."""
+    """The aligned comparison (`pipelines.compare.compare_with_reference`) with the reference file,
+    fsc.png written; the reference is recorded as `recorded_path` (its final place) if given."""
     from cryogmm.io.mrc import read_map
-    from cryogmm.metrics.alignment import align_maps
-    from cryogmm.metrics.correlation import cross_correlation
-    from cryogmm.metrics.fsc import fourier_shell_correlation, resolution_at
+    from cryogmm.pipelines.compare import compare_with_reference as compare
     from cryogmm.report.fsc import plot_fsc
 
-    reference = read_map(reference_path)  # box and pixel size checked before the run
-    alignment = align_maps(reference.data, volume, pixel)
-    curve = fourier_shell_correlation(reference.data, alignment.aligned, pixel)
-    plot_fsc({f"map.mrc vs {reference_path.name} (aligned)": curve}, folder / "fsc.png")
-    return {"path": str(recorded_path or reference_path), "cross_correlation": cross_correlation(reference.data, alignment.aligned),
-            "fsc_0.5_in_angstroms": resolution_at(curve, 0.5), "fsc_0.143_in_angstroms": resolution_at(curve, 0.143),
-            "mirrored": bool(alignment.mirrored)}
+    comparison = compare(volume, read_map(reference_path).data, pixel, align=True)  # box and pixel checked before
+    plot_fsc({f"map.mrc vs {reference_path.name} (aligned)": comparison.curve}, folder / "fsc.png")
+    return {"path": str(recorded_path or reference_path), **comparison.figures}
 
 
 def compare_with_true_poses(result, star_path: Path) -> dict:

@@ -35,7 +35,6 @@ from cryogmm.errors import InputError
 
 log = logging.getLogger(__name__)
 
-FSC_THRESHOLDS = (0.5, 0.143)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -95,21 +94,6 @@ def _read_reference(path: Path, n: int, pixel: float):
     return reference.data.astype(np.float64)
 
 
-def compare_with_reference(volume: np.ndarray, reference: np.ndarray, voxel_size: float) -> dict:
-    """Cross-correlation (Eqn. 3.3) and, when `cryogmm.metrics.fsc` is available, FSC resolutions."""
-    from cryogmm.metrics.correlation import cross_correlation
-
-    out = {"cross_correlation": cross_correlation(reference, volume)}
-    try:
-        from cryogmm.metrics.fsc import fourier_shell_correlation, resolution_at
-    except ImportError:
-        return out
-    curve = fourier_shell_correlation(reference, volume, voxel_size)
-    out["fsc_resolution_in_angstroms"] = {f"{t:g}": resolution_at(curve, t) for t in FSC_THRESHOLDS}
-    out["nyquist_resolution_in_angstroms"] = curve.nyquist_resolution_in_angstroms
-    return out
-
-
 def main(args: argparse.Namespace) -> int:
     from cryogmm.cli.report import write_run_report
     from cryogmm.cli import close_logging, setup_logging
@@ -117,6 +101,7 @@ def main(args: argparse.Namespace) -> int:
     from cryogmm.io.runs import RunFolder, write_json, write_settings
     from cryogmm.io.star import columns_to_poses, load_images, read_particles
     from cryogmm.report.maps import plot_central_slices
+    from cryogmm.pipelines.compare import compare_with_reference
     from cryogmm.pipelines.reconstruct import check_non_negative, reconstruct_fourier, reconstruct_known_poses
 
     setup_logging(verbose=args.verbose)
@@ -167,10 +152,12 @@ def main(args: argparse.Namespace) -> int:
                                 title=f"map.mrc from {Path(args.star).name} ({args.method}, symmetry {args.symmetry}): "
                                       "central slices")
             if reference is not None:
-                summary["reference"] = str(args.reference)
-                summary.update(compare_with_reference(volume, reference, pixel))
-                log.info("cross-correlation with %s: %.4f", args.reference, summary["cross_correlation"])
-                for t, r in summary.get("fsc_resolution_in_angstroms", {}).items():
+                # known poses: the map is in the reference's frame, compared as it is
+                figures = compare_with_reference(volume, reference, pixel, align=False).figures
+                summary["reference"] = {"path": str(args.reference), **figures}
+                log.info("cross-correlation with %s: %.4f", args.reference, figures["cross_correlation"])
+                for t in ("0.5", "0.143"):
+                    r = figures[f"fsc_{t}_in_angstroms"]
                     log.info("FSC %s resolution: %s", t, "beyond Nyquist" if r is None else f"{r:.2f} Å")
             write_json(folder / "summary.json", summary)
             settings = {k: v for k, v in vars(args).items() if not k.startswith("_")}

@@ -226,8 +226,7 @@ def compare_final_map(out: Path, reference_path: Path) -> dict:
     """FSC of the refined (unsharpened) map against `reference_path` after alignment (rotation,
     shift and hand: the initial model fixes an arbitrary frame)."""
     from cryogmm.io.mrc import read_map
-    from cryogmm.metrics.alignment import align_maps
-    from cryogmm.metrics.fsc import fourier_shell_correlation, resolution_at
+    from cryogmm.pipelines.compare import compare_with_reference
     from cryogmm.preprocess.resample import resample_map
 
     refined = read_map(out / "3_refine" / "map_unsharpened.mrc")
@@ -236,10 +235,8 @@ def compare_final_map(out: Path, reference_path: Path) -> dict:
     volume = reference.data
     if volume.shape != refined.data.shape or not math.isclose(reference.voxel_size_in_angstroms, pixel, rel_tol=1e-3):
         volume = resample_map(volume, reference.voxel_size_in_angstroms, pixel, refined.data.shape[0])
-    aligned = align_maps(volume, refined.data, pixel)
-    curve = fourier_shell_correlation(volume, aligned.aligned, pixel)
-    return {"path": str(reference_path), "map": "3_refine/map_unsharpened.mrc", "mirrored": bool(aligned.mirrored),
-            "fsc_0.5_in_angstroms": resolution_at(curve, 0.5), "fsc_0.143_in_angstroms": resolution_at(curve, 0.143)}
+    figures = compare_with_reference(refined.data, volume, pixel, align=True).figures
+    return {"path": str(reference_path), "map": "3_refine/map_unsharpened.mrc", **figures}
 
 
 def main(args: argparse.Namespace) -> int:

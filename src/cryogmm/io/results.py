@@ -18,9 +18,9 @@ from cryogmm.mixture import GaussianMixture
 def abinitio_volume(result, images: np.ndarray, pixel_size_in_angstroms: float) -> np.ndarray:
     """The posterior mean `(n, n, n)` in the images' units: it integrates to one, so it is given
     the images' mean mass (line integrals per Å^2)."""
-    images = np.asarray(images, dtype=np.float64)
-    mass = float(images.reshape(images.shape[0], -1).sum(1).mean()) * pixel_size_in_angstroms**2
-    return result.posterior_mean * mass
+    from cryogmm.pipelines.reconstruct import scale_to_images
+
+    return scale_to_images(result.posterior_mean, images, pixel_size_in_angstroms)
 
 
 def star_optics(pixel_size_in_angstroms: float, box: int, extra: dict | None = None) -> dict:

@@ -86,6 +86,15 @@ def _check_poses(images, pixel_size_in_angstroms, rotations, shifts_in_angstroms
     return images, rotations, shifts, pixel
 
 
+def scale_to_images(density: np.ndarray, images: np.ndarray, pixel_size_in_angstroms: float) -> np.ndarray:
+    """A posterior-mean density (integrating to one) in the images' units: times the images' mean
+    integral (sum of each image times the pixel area, averaged), so that its line integrals are
+    the images, as `fourier_inversion`'s maps are. The one place a posterior mean is scaled."""
+    images = np.asarray(images, dtype=np.float64)
+    mass = float(images.reshape(images.shape[0], -1).sum(1).mean()) * float(pixel_size_in_angstroms) ** 2
+    return np.asarray(density) * mass
+
+
 def check_non_negative(images: np.ndarray, source: str | None = None,
                        alternative: str = "or use --method fourier") -> np.ndarray:
     """`images` with rounding-level negative values set to zero; InputError if any are really negative.
@@ -173,11 +182,10 @@ def reconstruct_known_poses(images, pixel_size_in_angstroms: float, rotations, s
     posterior_mean = chain.posterior_mean
     if n_samples == 0:
         posterior_mean, n_samples = density(final), 1
-    mass = images.sum(axis=(1, 2)).mean() * pixel**2  # the images' mean integral
     timings = {"setup_seconds": setup_seconds, "sampling_seconds": chain.seconds - evaluation_seconds,
                "posterior_mean_seconds": evaluation_seconds, "total_seconds": time.perf_counter() - start}
     return ReconstructionResult(
-        posterior_mean=posterior_mean * mass, grid=grid, mixture=best.mixture,
+        posterior_mean=scale_to_images(posterior_mean, images, pixel), grid=grid, mixture=best.mixture,
         full_mixture=expand_symmetry(best.mixture, ops), log_posterior_trace=chain.traces["log_posterior"],
         sigma_trace=chain.traces["sigma_in_angstroms"], log_posterior=final_lp, best_log_posterior=float(best_lp),
         sigma_in_angstroms=final.mixture.sigma_in_angstroms, n_samples=n_samples,

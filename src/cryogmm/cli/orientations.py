@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
             summary = {"images": str(args.images), "model": str(args.model), "seed": seed,
                        "pixel_size_in_angstroms": pixel, "n_images": int(images.shape[0]), "box": n,
                        "n_components": mixture.n_components, "sigma_in_angstroms": mixture.sigma_in_angstroms,
-                       "n_samples": result.n_samples, "timings": result.timings,
+                       "n_samples": result.n_samples, "timings_in_seconds": result.timings,
                        "spread_in_degrees": result.spread_in_degrees.tolist(),
                        "log_likelihoods": result.log_likelihoods.tolist()}
             if truth is not None:

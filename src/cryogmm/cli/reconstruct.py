@@ -139,14 +139,14 @@ def main(args: argparse.Namespace) -> int:
                 _write_gibbs_outputs(folder, result, args, burn_in)
                 summary.update(settings={"components": args.components, "counts_per_image": int(args.counts),
                                          "steps": args.steps, "burn_in": burn_in, "thin": args.thin},
-                               timings=result.timings, log_posterior=result.log_posterior,
+                               timings_in_seconds=result.timings, log_posterior=result.log_posterior,
                                best_log_posterior=result.best_log_posterior,
                                sigma_in_angstroms=result.sigma_in_angstroms, n_samples_averaged=result.n_samples,
                                n_counts=result.n_counts)
             else:
                 start = time.perf_counter()
                 volume = reconstruct_fourier(images, pixel, rotations, shifts, symmetry=args.symmetry)
-                summary.update(settings={}, timings={"total_seconds": time.perf_counter() - start})
+                summary.update(settings={}, timings_in_seconds={"total_seconds": time.perf_counter() - start})
             write_map(folder / "map.mrc", volume, pixel)  # origin 0: the rotation centre is voxel n // 2
             plot_central_slices(volume, pixel, folder / "map_slices.png",
                                 title=f"map.mrc from {Path(args.star).name} ({args.method}, symmetry {args.symmetry}): "
@@ -165,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
             write_settings(folder, "reconstruct", settings, seed)
             write_run_report(folder, args)
             log.info("%s reconstruction done in %.1f s; wrote %s", args.method,
-                     summary["timings"]["total_seconds"], args.output)
+                     summary["timings_in_seconds"]["total_seconds"], args.output)
     finally:
         close_logging()
     return 0

@@ -198,6 +198,10 @@ CASES = [
     ("orientations-rotations-huge", ["orientations", "{in}/stack.mrcs", "--model", "{in}/pseudoatoms.pdb",
                                      "-o", "{out}/r"] + ORIENT + ["--rotations", "1000000000000"], 2,
      "--rotations 1000000000000"),
+    ("reconstruct-components-huge", ["reconstruct", "{in}/good.star", "-o", "{out}/r"] + RECON
+     + ["--components", "1000000000"], 2, "--components 1000000000"),
+    ("fit-map-counts-huge", ["fit-map", "{in}/map.mrc", "-o", "{out}/r"] + FIT + ["--counts", "2000000000"], 2,
+     "--counts 2e+09"),
     ("reconstruct-counts-negative", ["reconstruct", "{in}/good.star", "-o", "{out}/r"] + RECON + ["--counts", "-1"],
      2, "--counts"),
     ("simulate-map-box-huge", ["simulate-map", "{in}/tiny.pdb", "-o", "{out}/m.mrc", "--box", "100000"] + SIMULATE,

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.io.runs import COMPONENT_BYTES, check_memory
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--components {args.components}: must be at least 1")
     if args.counts is not None and (not math.isfinite(args.counts) or not 1 <= args.counts <= 2**31 - 1):
         raise InputError(f"--counts {args.counts:g}: must be a number between 1 and 2147483647 (e.g. 1e6)")
+    if args.counts is not None:  # each count's (x, y, z) in double precision, at least
+        check_memory(24.0 * args.counts, f"--counts {args.counts:g}", f"{args.counts:g} counts")
+    check_memory(COMPONENT_BYTES * args.components, f"--components {args.components}", f"{args.components} components")
     if args.steps < 1:
         raise InputError(f"--steps {args.steps}: must be at least 1")
     if args.burn_in is not None and not 0 <= args.burn_in <= args.steps:

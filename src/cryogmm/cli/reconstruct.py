@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cryogmm.errors import InputError
+from cryogmm.io.runs import COMPONENT_BYTES, check_memory
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def check_args(args: argparse.Namespace) -> None:
 
     if args.components < 1:
         raise InputError(f"--components {args.components}: must be at least 1")
+    check_memory(COMPONENT_BYTES * args.components, f"--components {args.components}", f"{args.components} components")
     if not math.isfinite(args.counts) or not 1 <= args.counts <= 2**31 - 1:
         raise InputError(f"--counts {args.counts:g}: must be a number between 1 and 2147483647 (e.g. 1e4)")
     if args.steps < 1:

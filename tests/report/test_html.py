@@ -149,6 +149,36 @@ def test_a_run_without_map_or_warnings_has_no_such_sections(tmp_path):
     assert "command line not recorded" in page and not (folder / "chimerax.cxc").exists()
 
 
+def test_a_refined_map_is_drawn_unsharpened_and_masked(tmp_path):
+    """refine's map.mrc is sharpened: its amplified noise, spread over the box, would set the level
+    and hide the particle; the page draws map_unsharpened.mrc times mask.mrc, and chimerax.cxc opens
+    that map at that level."""
+    folder = tmp_path / "refine"
+    folder.mkdir()
+    z, y, x = np.indices((32, 32, 32)) - 16
+    particle = np.exp(-(x**2 + y**2 + z**2) / 20.0)
+    noise = np.random.default_rng(0).standard_normal((32, 32, 32))
+    write_map(folder / "map.mrc", particle + 0.5 * noise, 3.0)
+    write_map(folder / "map_unsharpened.mrc", particle + 0.01 * noise, 3.0)
+    mask = (x**2 + y**2 + z**2 < 64).astype(np.float32)
+    write_map(folder / "mask.mrc", mask, 3.0)
+    write_json(folder / "summary.json", {"seed": 1, "resolution_in_angstroms": 7.0})
+    write_settings(folder, "refine", {"star": "p.star"}, 1)
+    page = write_report(folder).read_text()
+    assert "map_unsharpened.mrc x mask.mrc: shaded isosurface at level" in page
+    script = (folder / "chimerax.cxc").read_text()
+    level = float(re.search(r"level ([0-9.eE+-]+)", script).group(1))
+    assert "open map_unsharpened.mrc" in script
+    # the level is that of the masked unsharpened map: the surface is the particle alone, while the
+    # sharpened map at its own level would show noise all over the box
+    from cryogmm.report.render import surface_level
+    assert level == pytest.approx(surface_level((particle + 0.01 * noise) * mask), rel=1e-6)
+    outside = x**2 + y**2 + z**2 > 64
+    assert not np.any(((particle + 0.01 * noise) * mask > level) & outside)
+    sharpened = particle + 0.5 * noise
+    assert np.count_nonzero((sharpened > surface_level(sharpened)) & outside) > 1000
+
+
 def test_not_a_run_is_refused_naming_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty: no settings.json"):

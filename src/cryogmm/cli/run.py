@@ -270,9 +270,13 @@ def main(args: argparse.Namespace) -> int:
             stages[stage] = _run_stage(args, stage, seed, n_classes)
             if stage == "1_classify2d":
                 _require_selected(args.output)
+        figures = _stage_figures(args.output)
         summary = {"star": str(args.star), "seed": seed, "n_particles": n_particles, "symmetry": args.symmetry,
+                   "n_classes": n_classes, "n_selected_classes": len(figures["1_classify2d"]["kept_classes"] or []),
+                   "n_selected_particles": figures["1_classify2d"]["n_kept_particles"],
+                   "resolution_in_angstroms": figures["3_refine"]["resolution_in_angstroms"],
                    "stages": {stage: {**stages[stage], "folder": stage} for stage in STAGES},
-                   "figures": _stage_figures(args.output), "map": "3_refine/map.mrc",
+                   "figures": figures, "map": "3_refine/map.mrc",
                    "timings_in_seconds": {**{s: stages[s]["seconds"] for s in STAGES},
                                           "total": time.perf_counter() - start}}
         if args.reference is not None:

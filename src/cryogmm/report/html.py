@@ -482,6 +482,7 @@ def _warnings_section(run: RunFiles) -> str:
 _KEY_NAMES = ("n_images", "n_particles", "box", "pixel_size_in_angstroms", "symmetry", "n_components",
               "sigma_in_angstroms", "chosen_restart", "final_log_posterior", "resolution_in_angstroms",
               "unmasked_resolution_in_angstroms", "bfactor_in_angstroms2", "n_iterations", "converged", "n_classes",
+              "n_selected_classes", "n_selected_particles",
               "n_samples_averaged", "projection_cross_correlations", "seconds", "defocus_in_angstroms", "astigmatism_in_angstroms", "voltage_in_kv",
               "spherical_aberration_in_mm", "amplitude_contrast", "thon_rings")
 
@@ -613,6 +614,20 @@ def _poses_section(run: RunFiles) -> str:
     return ""
 
 
+def _solvent_mask(map_path: Path, shape) -> np.ndarray | None:
+    """The refinement's soft mask beside `map_path` (mask.mrc, same grid), or None."""
+    from cryogmm.io.mrc import read_map
+
+    path = map_path.with_name("mask.mrc")
+    if path == map_path or not path.is_file():
+        return None
+    try:
+        mask = read_map(path).data
+    except InputError:
+        return None
+    return mask if mask.shape == tuple(shape) else None
+
+
 def _map_section(run: RunFiles, shown: set) -> tuple[str, dict | None]:
     from cryogmm.io.mrc import read_map
     from cryogmm.report.render import surface_level
@@ -635,11 +650,22 @@ def _map_section(run: RunFiles, shown: set) -> tuple[str, dict | None]:
                 atoms, sigma = mixture.means_in_angstroms, mixture.sigma_in_angstroms
             except InputError as exc:
                 logger.warning("warning: %s", exc)
-        level = surface_level(volume.data)
-        for data, caption in map_figures(volume.data, volume.voxel_size_in_angstroms, volume.origin_in_angstroms,
-                                         level, atoms, map_path.relative_to(run.folder).as_posix()):
+        density, name = volume.data, map_path.relative_to(run.folder).as_posix()
+        unsharpened = map_path.with_name("map_unsharpened.mrc")
+        if map_path.name == "map.mrc" and unsharpened.is_file():  # refine: the sharpened map's noise hides the shape
+            try:
+                density, name = read_map(unsharpened).data, unsharpened.relative_to(run.folder).as_posix()
+            except InputError as exc:
+                logger.warning("warning: %s", exc)
+        shown_map = name  # the map drawn, and opened by chimerax.cxc at the same level
+        mask = _solvent_mask(map_path, density.shape)
+        if mask is not None:  # solvent noise outside the particle would hide it (as RELION's postprocess masks it)
+            density, name = density * mask, f"{name} x mask.mrc"
+        level = surface_level(density)
+        for data, caption in map_figures(density, volume.voxel_size_in_angstroms, volume.origin_in_angstroms,
+                                         level, atoms, name):
             body += _figure(data, caption)
-        details = {"map": map_path.relative_to(run.folder).as_posix(), "level": level, "atoms": atoms_path.name if atoms is not None else None,
+        details = {"map": shown_map, "level": level, "atoms": atoms_path.name if atoms is not None else None,
                    "sigma_in_angstroms": sigma}
     return _section("map", "Map", body), details
 

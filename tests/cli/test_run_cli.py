@@ -82,7 +82,8 @@ def test_run_goes_from_particles_to_the_structure_and_resumes_stage_by_stage(sim
     page = (out / "report.html").read_text(encoding="utf-8")
     assert all(f'href="{stage}/report.html"' in page and (out / stage / "report.html").is_file()
                for stage in run_cli.STAGES)
-    assert "3_refine/map.mrc: shaded isosurface" in page and "open 3_refine/map.mrc" in (out / "chimerax.cxc").read_text()
+    assert "3_refine/map_unsharpened.mrc x mask.mrc: shaded isosurface" in page
+    assert "open 3_refine/map_unsharpened.mrc" in (out / "chimerax.cxc").read_text()
     assert "cryogmm refine " in (out / "3_refine" / "report.html").read_text(encoding="utf-8")
 
 

@@ -54,6 +54,12 @@ def test_gaussian_model_takes_negative_images_and_writes_every_output(tmp_path, 
     settings = json.loads((out / "settings.json").read_text())["settings"]
     assert settings["noise_model"] == "gaussian" and settings["components"] == 20
     assert settings["resolved"]["initial_temperature"] > 1
+    # the report's traces: log-posterior and sigma per state, the median pose changes per sweep
+    traces = json.loads((out / "traces.json").read_text())["refinement"]
+    n_sweeps = len(traces["log_posterior"]) - 1
+    assert len(traces["sigma_in_angstroms"]) == n_sweeps + 1
+    assert len(traces["rotation_change_median_degrees"]) == len(traces["shift_change_median_angstroms"]) == n_sweeps
+    assert max(traces["rotation_change_median_degrees"]) > 0 and np.all(np.isfinite(traces["shift_change_median_angstroms"]))
 
 
 def _expect_refusal(capsys, argv, fragment, tmp_path, out="run"):

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from cryogmm.forward.ctf import CTFParameters, ctf_images
 from cryogmm.forward.gaussian import (energy_and_gradients_on_grid, energy_and_gradients_with_ctf, filter_and_crop,
                                       padded_unit_predictions)
-from cryogmm.geometry.so3 import random_rotations
+from cryogmm.geometry.so3 import random_rotations, rotation_angle_in_degrees
 from cryogmm.geometry.symmetry import asymmetric_unit_components, canonical_symmetry_name, symmetry_operators
 from cryogmm.grid import Grid
 from cryogmm.kernels.gaussian_noise import residual_sums_of_squares_kernel
@@ -687,6 +687,8 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
                                 np.asarray(saved["swaps_accepted"]), int(saved["step"]))
         tunings = [_Tuning.from_arrays(saved, f"tuning{j}_") for j in range(len(ladder))]
         step, trace, sigmas = int(saved["step"]), list(saved["trace"]), list(saved["sigmas"])
+        rotation_changes = list(saved.get("rotation_changes", np.full(step, np.nan)))
+        shift_changes = list(saved.get("shift_changes", np.full(step, np.nan)))
         mean_sum, n_samples = np.asarray(saved["mean_sum"]), int(saved["n_samples"])
         best_lp = float(saved["best_log_posterior"])
         before = float(saved["elapsed_seconds"])
@@ -704,6 +706,7 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
         state = _draw_scales_and_noise(rng, model, state)
         tunings = [_Tuning(rotation_step=0.01, translation_step=0.25 * pixel) for _ in ladder]
         step, trace, sigmas = 0, [], []
+        rotation_changes, shift_changes = [], []  # per sweep, the median over images (degrees, Å)
         mean_sum, n_samples = np.zeros(grid.shape), 0
         best_lp, best_state = -np.inf, state
     logger.info("refinement: K = %d, %d images of %d px, translations %s; %d warm-up sweeps, %d sweeps (burn-in %d)",
@@ -742,7 +745,9 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
     try:
         while step < total:
             replicas, _ = exchange.step(rng, replicas)
-            state = replicas.replicas[0]
+            previous, state = state, replicas.replicas[0]
+            rotation_changes.append(float(np.median(rotation_angle_in_degrees(previous.rotations, state.rotations))))
+            shift_changes.append(float(np.median(np.linalg.norm(state.translations - previous.translations, axis=-1))))
             step += 1
             lp = -last["energy"]
             trace.append(lp)
@@ -758,6 +763,7 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
                 checkpoint.save("refinement", {
                     "elapsed_seconds": np.array(before + time.perf_counter() - started), "rng": _rng_state(rng),
                     "step": np.array(step), "trace": np.asarray(trace), "sigmas": np.asarray(sigmas),
+                    "rotation_changes": np.asarray(rotation_changes), "shift_changes": np.asarray(shift_changes),
                     "mean_sum": mean_sum, "n_samples": np.array(n_samples), "best_log_posterior": np.array(best_lp),
                     **_state_arrays("best_", best_state), "replica_energies": replicas.energies,
                     "swaps_attempted": replicas.attempted, "swaps_accepted": replicas.accepted,
@@ -785,6 +791,7 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
     return dict(mixture=mixture, full_mixture=_full_mixture(model, best_state), rotations=state.rotations,
                 translations_in_angstroms=state.translations, posterior_mean=mean_sum / n_samples,
                 n_samples=n_samples, refine_trace=np.asarray(trace), sigma_trace=np.asarray(sigmas),
+                rotation_change_trace=np.asarray(rotation_changes), shift_change_trace=np.asarray(shift_changes),
                 log_posterior=final_lp, scales=state.scales, noise_precisions=state.noise_precisions,
                 report=report | {"frozen_after_sweep": adapt_until, "n_images": model.n_images, "groups": g})
 

@@ -166,5 +166,5 @@ def summarize(result: FitMapResult, values: np.ndarray) -> dict:
         "non_negative_part_total": float(result.clipped.values.sum()),
         "fitted_map_total": float(result.fitted_map().sum(dtype=np.float64)),
         "symmetry": result.symmetry, "symmetric_copies": result.copies,
-        "seconds": result.seconds,
+        "timings_in_seconds": {"total": result.seconds},
     }

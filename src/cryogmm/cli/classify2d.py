@@ -219,8 +219,8 @@ def write_outputs(folder: Path, args, table, result, settings, pixel: float, see
                          particle_columns=particle_columns, **common)
     selection = select_classes(members, state.class_resolution_in_angstroms, rules)
     if selection.empty:
-        log.warning("warning: no class passes --select %s: selected_*.star not written (run again with --resume "
-                    "is not possible after a finished run; loosen the rules with `cryogmm run --resume`)",
+        log.warning("warning: no class passes --select %s: selected_*.star not written; the classification is "
+                    "complete (see classes.png and summary.json): run again with looser --select rules or --select none",
                     ",".join(map(str, rules)))
     else:
         write_selected_classes(folder, table, selection.kept, state.class_index, classes=state.classes,

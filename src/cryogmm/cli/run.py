@@ -243,6 +243,7 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cryogmm.cli import close_logging, setup_logging
+    from cryogmm.cli.refine import _angstroms
     from cryogmm.cli.report import write_run_report
     from cryogmm.io.runs import write_json
     from cryogmm.io.star import read_particles
@@ -281,15 +282,15 @@ def main(args: argparse.Namespace) -> int:
                                           "total": time.perf_counter() - start}}
         if args.reference is not None:
             summary["reference"] = compare_final_map(args.output, args.reference)
-            log.info("final map vs %s (aligned%s): FSC 0.5 at %.2f Å, 0.143 at %.2f Å", args.reference,
+            log.info("final map vs %s (aligned%s): FSC 0.5 at %s, 0.143 at %s", args.reference,
                      ", mirrored" if summary["reference"]["mirrored"] else "",
-                     summary["reference"]["fsc_0.5_in_angstroms"], summary["reference"]["fsc_0.143_in_angstroms"])
+                     _angstroms(summary["reference"]["fsc_0.5_in_angstroms"]),
+                     _angstroms(summary["reference"]["fsc_0.143_in_angstroms"]))
         write_json(args.output / "summary.json", summary)
         write_run_report(args.output, args)
         refine = summary["figures"]["3_refine"]
-        log.info("done: %s (resolution %s Å, gold-standard FSC 0.143) in %.0f s", args.output / "3_refine" / "map.mrc",
-                 "-" if refine["resolution_in_angstroms"] is None else f"{refine['resolution_in_angstroms']:.2f}",
-                 summary["timings_in_seconds"]["total"])
+        log.info("done: %s (resolution %s, gold-standard FSC 0.143) in %.0f s", args.output / "3_refine" / "map.mrc",
+                 _angstroms(refine["resolution_in_angstroms"]), summary["timings_in_seconds"]["total"])
     finally:
         close_logging()
     return 0

@@ -28,7 +28,7 @@ from cryogmm.errors import InputError
 
 DEFAULT_RULES = "size>=1,size>=0.2xmean,resolution<=2xbest"
 
-QUANTITIES = {"size": "particles", "fraction": "share of the particles", "resolution": "Å", "rank": "rank by size"}
+QUANTITIES = ("size", "fraction", "resolution", "rank")
 REFERENCES = {"size": ("mean",), "fraction": ("mean",), "resolution": ("best",), "rank": ()}
 OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _RULE = re.compile(r"^\s*([a-z]+)\s*(>=|<=|>|<)\s*([0-9.eE+-]+)\s*(?:x\s*([a-z]+))?\s*$")

@@ -35,27 +35,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from refine_vs_relion import RELION_PROGRAMS, _run, simulate  # noqa: E402
+from refine_vs_relion import RELION_OPTIONS, RELION_PROGRAMS, _run, add_particle_set_args, simulate  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=_common.SHARED_DATA / "models" / "1wcm_polII.pdb.gz",
-                        help="atomic model (default: ../shared/data/models/1wcm_polII.pdb.gz)")
-    for flag, kind, default, text in (
-            ("--particles", int, 3000, "number of particles"), ("--box", int, 64, "box in px"),
-            ("--pixel-size", float, 3.0, "Å per pixel"), ("--resolution", float, 6.0, "resolution of the density in Å"),
-            ("--snr", float, 0.1, "signal-to-noise ratio"), ("--max-shift", float, 6.0, "largest shift in Å"),
-            ("--classes", int, 25, "number of classes K"), ("--iterations", int, 25, "iterations, both programs"),
-            ("--particle-diameter", float, 170.0, "mask diameter in Å, both programs"),
-            ("--projection-order", int, 3, "HEALPix order of the true projections scored against"),
-            ("--seed", int, 1, "seed of the simulation and both runs"),
-            ("--threads", int, 2, "numba/BLAS threads of cryogmm"),
-            ("--relion-ranks", int, 3, "MPI ranks of RELION (1 master, the others work)")):
-        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="folder for the data set and both runs; a data set already there (same settings) "
-                             "is reused (default: a temporary folder, removed)")
+    add_particle_set_args(parser, snr=0.1, extra=(
+        ("--classes", int, 25, "number of classes K"), ("--iterations", int, 25, "iterations, both programs"),
+        ("--projection-order", int, 3, "HEALPix order of the true projections scored against"), *RELION_OPTIONS))
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--relion-only", action="store_true", help="run RELION only")
     which.add_argument("--cryogmm-only", action="store_true", help="run cryogmm only")

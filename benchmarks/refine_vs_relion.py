@@ -46,23 +46,33 @@ import _common  # noqa: E402  (no numpy import at module level)
 RELION_PROGRAMS = ("mpirun", "relion_refine_mpi")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_particle_set_args(parser: argparse.ArgumentParser, *, snr: float, extra=(),
+                          workdir_help: str = "folder for the data set and both runs; a data set already there (same "
+                                              "settings) is reused (default: a temporary folder, removed)") -> None:
+    """The simulated particle set's options that `simulate` reads (the benchmarks that simulate Pol II
+    particles share them), the particle diameter, the seed, `extra` (flag, type, default, text)
+    options and --workdir."""
     parser.add_argument("--model", type=Path, default=_common.SHARED_DATA / "models" / "1wcm_polII.pdb.gz",
                         help="atomic model (default: ../shared/data/models/1wcm_polII.pdb.gz)")
     for flag, kind, default, text in (
             ("--particles", int, 3000, "number of particles"), ("--box", int, 64, "box in px"),
             ("--pixel-size", float, 3.0, "Å per pixel"), ("--resolution", float, 6.0, "resolution of the density in Å"),
-            ("--snr", float, 0.05, "signal-to-noise ratio"), ("--max-shift", float, 6.0, "largest shift in Å"),
-            ("--initial-lowpass", float, 40.0, "low-pass of the reference in Å, both programs"),
+            ("--snr", float, snr, "signal-to-noise ratio"), ("--max-shift", float, 6.0, "largest shift in Å"),
+            *extra,
             ("--particle-diameter", float, 170.0, "mask diameter in Å, both programs"),
-            ("--seed", int, 1, "seed of the simulation and both runs"),
-            ("--threads", int, 2, "numba/BLAS threads of cryogmm"),
-            ("--relion-ranks", int, 3, "MPI ranks of RELION (1 master, the others work)")):
+            ("--seed", int, 1, "seed of the simulation and both runs")):
         parser.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="folder for the data set and both runs; a data set already there (same settings) "
-                             "is reused (default: a temporary folder, removed)")
+    parser.add_argument("--workdir", type=Path, default=None, help=workdir_help)
+
+
+RELION_OPTIONS = (("--threads", int, 2, "numba/BLAS threads of cryogmm"),
+                  ("--relion-ranks", int, 3, "MPI ranks of RELION (1 master, the others work)"))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_particle_set_args(parser, snr=0.05, extra=(
+        ("--initial-lowpass", float, 40.0, "low-pass of the reference in Å, both programs"), *RELION_OPTIONS))
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--relion-only", action="store_true", help="run RELION only")
     which.add_argument("--cryogmm-only", action="store_true", help="run cryogmm only")

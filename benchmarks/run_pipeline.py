@@ -8,7 +8,8 @@ shifts up to 6 Å (`cryogmm simulate-images ... --seed 1`); reference.mrc is the
 - refine from the truth: `cryogmm refine particles.star --reference reference.mrc --initial-lowpass 40
   --particle-diameter D --seed 1` (the same particles, all of them).
 Scored the same way: each map_unsharpened.mrc against the truth after alignment (rotation, shift
-and, for `run`, whose initial model fixes an arbitrary frame and hand, mirror), FSC 0.5 and 0.143.
+and hand: `run`'s initial model fixes an arbitrary frame), FSC 0.5 and 0.143
+(`cryogmm.pipelines.compare.compare_with_reference`), and unaligned.
 The issue's target: run's FSC 0.5 within 1 Å of refine-from-the-truth's.
 
 Example:
@@ -27,43 +28,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from refine_vs_relion import _run, simulate  # noqa: E402
+from refine_vs_relion import _run, add_particle_set_args, simulate  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=_common.SHARED_DATA / "models" / "1wcm_polII.pdb.gz",
-                        help="atomic model (default: ../shared/data/models/1wcm_polII.pdb.gz)")
-    for flag, kind, default, text in (
-            ("--particles", int, 3000, "number of particles"), ("--box", int, 64, "box in px"),
-            ("--pixel-size", float, 3.0, "Å per pixel"), ("--resolution", float, 6.0, "resolution of the density in Å"),
-            ("--snr", float, 0.1, "signal-to-noise ratio"), ("--max-shift", float, 6.0, "largest shift in Å"),
-            ("--classes", int, 25, "2D classes of run"), ("--particle-diameter", float, 170.0, "mask diameter in Å"),
-            ("--seed", int, 1, "seed of the simulation and both runs")):
-        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="folder for the data set and both runs; a data set already there (same settings) is "
-                             "reused, and so is a finished run (default: a temporary folder, removed)")
+    add_particle_set_args(parser, snr=0.1, extra=(("--classes", int, 25, "2D classes of run"),),
+                          workdir_help="folder for the data set and both runs; a data set already there (same "
+                                       "settings) is reused, and so is a finished run (default: a temporary folder, "
+                                       "removed)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--run-only", action="store_true", help="cryogmm run only")
     which.add_argument("--refine-only", action="store_true", help="refine from the truth only")
     return parser.parse_args(argv)
 
 
-def against_truth(map_path: Path, truth_path: Path, allow_mirror: bool) -> dict:
+def against_truth(map_path: Path, truth_path: Path) -> dict:
+    """FSC of a map against the truth as it is and after alignment (rotation, shift, hand)."""
     from cryogmm.io.mrc import read_map
-    from cryogmm.metrics.alignment import align_maps
-    from cryogmm.metrics.fsc import fourier_shell_correlation, resolution_at
+    from cryogmm.pipelines.compare import compare_with_reference
 
     truth = read_map(truth_path)
     found = read_map(map_path).data
     pixel = truth.voxel_size_in_angstroms
-    unaligned = fourier_shell_correlation(found, truth.data, pixel)
-    aligned = align_maps(truth.data, found, pixel, allow_mirror=allow_mirror)
-    curve = fourier_shell_correlation(aligned.aligned, truth.data, pixel)
-    return {"map": str(map_path), "mirrored": bool(aligned.mirrored),
-            "fsc_0.5_in_angstroms": resolution_at(curve, 0.5), "fsc_0.143_in_angstroms": resolution_at(curve, 0.143),
-            "unaligned_fsc_0.5_in_angstroms": resolution_at(unaligned, 0.5)}
+    unaligned = compare_with_reference(found, truth.data, pixel, align=False).figures
+    aligned = compare_with_reference(found, truth.data, pixel, align=True).figures
+    return {"map": str(map_path), **aligned, "unaligned_fsc_0.5_in_angstroms": unaligned["fsc_0.5_in_angstroms"]}
 
 
 def _stage(sim: Path, out: Path, argv: list, log_name: str) -> dict:
@@ -96,8 +86,8 @@ def main(argv=None) -> int:
             record = _stage(sim, out, ["run", "particles.star", "--classes", args.classes, *common], "run.log")
             summary = json.loads((out / "summary.json").read_text())
             record.update(stage_seconds=summary["timings_in_seconds"], figures=summary["figures"],
-                          against_truth=against_truth(out / "3_refine" / "map_unsharpened.mrc", truth, True),
-                          initial_model_against_truth=against_truth(out / "2_abinitio" / "map.mrc", truth, True))
+                          against_truth=against_truth(out / "3_refine" / "map_unsharpened.mrc", truth),
+                          initial_model_against_truth=against_truth(out / "2_abinitio" / "map.mrc", truth))
             result["run"] = record
         if not args.run_only:
             out = workdir / "refine_from_truth"
@@ -105,7 +95,7 @@ def main(argv=None) -> int:
                                        "40", *common], "refine_from_truth.log")
             summary = json.loads((out / "summary.json").read_text())
             record.update(resolution_in_angstroms=summary["resolution_in_angstroms"],
-                          against_truth=against_truth(out / "map_unsharpened.mrc", truth, False))
+                          against_truth=against_truth(out / "map_unsharpened.mrc", truth))
             result["refine_from_truth"] = record
         if "run" in result and "refine_from_truth" in result:
             a = result["run"]["against_truth"]["fsc_0.5_in_angstroms"]

@@ -38,6 +38,33 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _simulate_phantom_views(folder: Path, *, views: int, per_view: int, seed: int, ctf: bool = True,
+                            extra: tuple = ()) -> Path:
+    """`views` x `per_view` particles of the built-in phantom by `cryogmm simulate-images`: 24 px of
+    5 Å, 12 Å density, SNR 0.5, shifts up to 4 Å, CTF 1.0-2.5 µm (none with ctf=False); returns the
+    output folder (particles.star, images.mrcs, class_projections.mrcs, reference.mrc)."""
+    from cryogmm.cli import main
+    from cryogmm.io.pseudoatoms import write_pseudoatoms_pdb
+    from cryogmm.mixture import GaussianMixture
+    from cryogmm.simulate.phantom import asymmetric_phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    coordinates, _ = asymmetric_phantom(2000)
+    write_pseudoatoms_pdb(folder / "phantom.pdb", GaussianMixture(coordinates, np.full(2000, 1 / 2000), 1.0))
+    out = folder / "sim"
+    assert main(["simulate-images", str(folder / "phantom.pdb"), "--classes", str(views), "--particles-per-class",
+                 str(per_view), "--box", "24", "--pixel-size", "5", "--resolution", "12", "--snr", "0.5",
+                 "--max-shift", "4", *(["--defocus-range", "1.0", "2.5"] if ctf else []), *extra, "--seed", str(seed),
+                 "--output", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def simulate_phantom_views():
+    """The function `_simulate_phantom_views(folder, views=, per_view=, seed=, ctf=, extra=)`."""
+    return _simulate_phantom_views
+
+
 def tolerance(dtype) -> float:
     """Relative tolerance for comparisons in `dtype` (one helper for all tests)."""
     return {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}[np.dtype(dtype)]

@@ -12,27 +12,17 @@ import pytest
 from cryogmm.cli import main
 from cryogmm.io.classes import read_class_averages
 from cryogmm.io.mrc import read_stack
-from cryogmm.io.pseudoatoms import write_pseudoatoms_pdb
 from cryogmm.io.star import in_plane_poses, read_particles, write_particles
 from cryogmm.metrics.correlation import best_match_correlations
-from cryogmm.mixture import GaussianMixture
-from cryogmm.simulate.phantom import asymmetric_phantom
 
 OUTPUTS = {"run_classes.mrcs", "run_model.star", "run_data.star", "classes.png", "summary.json", "settings.json",
            "run.log", "selected_classes.mrcs", "selected_model.star", "selected_data.star"}
 
 
 @pytest.fixture(scope="module")
-def simulated(tmp_path_factory):
+def simulated(tmp_path_factory, simulate_phantom_views):
     """3 views x 40 particles of the phantom: 24 px of 5 Å, 12 Å density, SNR 0.5, CTF 1.0-2.5 µm."""
-    folder = tmp_path_factory.mktemp("classify2d_data")
-    coordinates, _ = asymmetric_phantom(2000)
-    model = folder / "phantom.pdb"
-    write_pseudoatoms_pdb(model, GaussianMixture(coordinates, np.full(2000, 1 / 2000), 1.0))
-    assert main(["simulate-images", str(model), "--classes", "3", "--particles-per-class", "40", "--box", "24",
-                 "--pixel-size", "5", "--resolution", "12", "--snr", "0.5", "--max-shift", "4", "--defocus-range",
-                 "1.0", "2.5", "--seed", "4", "--output", str(folder / "sim")]) == 0
-    return folder / "sim"
+    return simulate_phantom_views(tmp_path_factory.mktemp("classify2d_data"), views=3, per_view=40, seed=4)
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +117,10 @@ def test_bad_options_are_refused_with_one_line(simulated, tmp_path, capsys, extr
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
-def test_particles_without_a_ctf_are_classified_with_no_ctf(tmp_path):
+def test_particles_without_a_ctf_are_classified_with_no_ctf(tmp_path, simulate_phantom_views):
     """CTF-free particles (3 views x 30, SNR 0.5) with --no-ctf: the classes are the views (seed 4's
     views are distinct; seed 5 draws two that match to CC 0.99 after an in-plane turn)."""
-    coordinates, _ = asymmetric_phantom(2000)
-    write_pseudoatoms_pdb(tmp_path / "phantom.pdb", GaussianMixture(coordinates, np.full(2000, 1 / 2000), 1.0))
-    assert main(["simulate-images", str(tmp_path / "phantom.pdb"), "--classes", "3", "--particles-per-class", "30",
-                 "--box", "24", "--pixel-size", "5", "--resolution", "12", "--snr", "0.5", "--max-shift", "4",
-                 "--seed", "4", "--output", str(tmp_path / "sim")]) == 0
+    simulate_phantom_views(tmp_path, views=3, per_view=30, seed=4, ctf=False)
     star = tmp_path / "sim" / "particles.star"
     assert "rlnDefocusU" not in read_particles(star).particles.columns
     out = tmp_path / "c2d"

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from cryogmm.cli import main
 from cryogmm.cli import run as run_cli
-from cryogmm.io.pseudoatoms import write_pseudoatoms_pdb
 from cryogmm.io.star import read_particles
-from cryogmm.mixture import GaussianMixture
-from cryogmm.simulate.phantom import asymmetric_phantom
 
 # a smaller abinitio than the default (this test is about the path, not abinitio's own settings)
 FAST_ABINITIO = ["--restarts", "2", "--jobs", "1", "--components-initial", "50", "--components", "300",
@@ -24,16 +20,10 @@ RUN = ["--classes", "12", "--iterations-2d", "8", "--particle-diameter", "110", 
 
 
 @pytest.fixture(scope="module")
-def simulated(tmp_path_factory):
-    """12 views x 25 particles of the phantom: 24 px of 5 Å, 12 Å density, SNR 0.5, CTF 1.0-2.5 µm."""
-    folder = tmp_path_factory.mktemp("run_data")
-    coordinates, _ = asymmetric_phantom(2000)
-    model = folder / "phantom.pdb"
-    write_pseudoatoms_pdb(model, GaussianMixture(coordinates, np.full(2000, 1 / 2000), 1.0))
-    assert main(["simulate-images", str(model), "--classes", "12", "--particles-per-class", "25", "--box", "24",
-                 "--pixel-size", "5", "--resolution", "12", "--reference-resolution", "12", "--snr", "0.5",
-                 "--max-shift", "4", "--defocus-range", "1.0", "2.5", "--seed", "4", "--output", str(folder / "sim")]) == 0
-    return folder / "sim"
+def simulated(tmp_path_factory, simulate_phantom_views):
+    """12 views x 25 particles of the phantom: 24 px of 5 Å, 12 Å density and reference, SNR 0.5, CTF."""
+    return simulate_phantom_views(tmp_path_factory.mktemp("run_data"), views=12, per_view=25, seed=4,
+                                  extra=("--reference-resolution", "12"))
 
 
 @pytest.fixture

@@ -222,14 +222,10 @@ def test_relion_reconstructs_refine_particles_like_cryogmm(refined):
 # 2D classification outputs read by RELION
 
 @pytest.fixture(scope="module")
-def classified(tmp_path_factory):
+def classified(tmp_path_factory, simulate_phantom_views):
     """3 views x 40 phantom particles (24 px, 5 Å, 12 Å density, SNR 0.5, CTF) in 4 classes."""
     folder = tmp_path_factory.mktemp("relion_classify2d")
-    write_phantom_pdb(folder / "phantom.pdb")
-    sim, out = folder / "sim", folder / "c2d"
-    assert main(["simulate-images", str(folder / "phantom.pdb"), "--classes", "3", "--particles-per-class", "40",
-                 "--box", "24", "--pixel-size", "5", "--resolution", "12", "--snr", "0.5", "--max-shift", "4",
-                 "--defocus-range", "1.0", "2.5", "--seed", "4", "--output", str(sim)]) == 0
+    sim, out = simulate_phantom_views(folder, views=3, per_view=40, seed=4), folder / "c2d"
     assert main(["classify2d", str(sim / "particles.star"), "--classes", "4", "--iterations", "10", "--psi-step", "10",
                  "--particle-diameter", "110", "--seed", "1", "--quiet", "--output", str(out)]) == 0
     return out

@@ -51,7 +51,8 @@ from cryogmm.preprocess.resample import fourier_crop
 from cryogmm.samplers.driver import _rng_state, _set_rng_state
 from cryogmm.samplers.gaussian_noise import draw_noise_precision, draw_weight
 from cryogmm.samplers.hmc import HMC, HMCState, adapted_step_size
-from cryogmm.samplers.image_mh import BlockMH, BlockMHState, gaussian_proposal
+from cryogmm.samplers.image_mh import BlockMH, BlockMHState
+from cryogmm.samplers.mh import gaussian_proposal
 from cryogmm.samplers.tempering import ReplicaExchange, ReplicaState, check_ladder
 
 logger = logging.getLogger(__name__)

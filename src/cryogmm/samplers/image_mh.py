@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from cryogmm.samplers.hmc import adapted_step_size
+from cryogmm.samplers.mh import gaussian_proposal
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,6 @@ class BlockMHState:
     energies: np.ndarray  # (N,)
     step_size: float
     iteration: int = 0
-
-
-def gaussian_proposal(rng: np.random.Generator, position: np.ndarray, step_size: float) -> np.ndarray:
-    """position + N(0, step_size^2) in every coordinate."""
-    return position + step_size * rng.standard_normal(position.shape)
 
 
 @dataclass(frozen=True, kw_only=True)

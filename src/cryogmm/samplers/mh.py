@@ -24,13 +24,18 @@ class MHState:
     iteration: int = 0
 
 
+def gaussian_proposal(rng: np.random.Generator, position: np.ndarray, step_size: float) -> np.ndarray:
+    """position + N(0, step_size^2) in every coordinate (the random walk's default move)."""
+    return position + step_size * rng.standard_normal(position.shape)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RandomWalkMH:
     energy: Callable[[np.ndarray], float]
     adapt_steps: int = 0
     target_acceptance: float = 0.3
     adaptation_rate: float = 0.05
-    propose: Callable[[np.random.Generator, np.ndarray, float], np.ndarray] | None = None
+    propose: Callable[[np.random.Generator, np.ndarray, float], np.ndarray] = gaussian_proposal
 
     def __post_init__(self):
         if self.adapt_steps < 0 or not 0 < self.target_acceptance < 1:
@@ -45,10 +50,7 @@ class RandomWalkMH:
         return -state.energy
 
     def step(self, rng: np.random.Generator, state: MHState) -> tuple[MHState, dict]:
-        if self.propose is None:
-            proposal = state.position + state.step_size * rng.standard_normal(state.position.shape)
-        else:
-            proposal = self.propose(rng, state.position, state.step_size)
+        proposal = self.propose(rng, state.position, state.step_size)
         energy = float(self.energy(proposal))
         accepted, step_size, info = metropolis_decision(rng, state, state.energy - energy, self)
         iteration = state.iteration + 1

@@ -6,13 +6,18 @@ from cryogmm.forward.gaussian import _components
 from cryogmm.kernels.gaussian_noise import residual_and_centre_gradients_kernel, residual_sums_of_squares_kernel
 
 
+def _pixel_grid(box: int, spacing: float):
+    """The grid's origin (x, y) in Å (centre at box // 2) and its (box^2, 2) pixel positions, row-major."""
+    origin = np.full(2, -(box // 2) * spacing)
+    coords = origin[0] + np.arange(box) * spacing
+    xx, yy = np.meshgrid(coords, coords)
+    return origin, np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
 def test_kernel_matches_numpy_with_a_wide_cutoff_and_cuts_at_k_sigma():
     rng = np.random.default_rng(2)
     box, spacing = 16, 2.0
-    origin = np.array([-8.0, -8.0]) * spacing
-    coords = origin[0] + np.arange(box) * spacing
-    xx, yy = np.meshgrid(coords, coords)
-    pixels = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    origin, pixels = _pixel_grid(box, spacing)
     centres = rng.uniform(-10, 10, size=(3, 5, 2))
     images = rng.normal(size=(3, box, box))
     scale, size = 1.7, 0.12
@@ -37,10 +42,7 @@ def test_kernel_matches_numpy_with_a_wide_cutoff_and_cuts_at_k_sigma():
 def test_sums_of_squares_kernel_matches_numpy_with_per_image_scales():
     rng = np.random.default_rng(5)
     box, spacing = 14, 3.0
-    origin = np.array([-7.0, -7.0]) * spacing
-    coords = origin[0] + np.arange(box) * spacing
-    xx, yy = np.meshgrid(coords, coords)
-    pixels = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    origin, pixels = _pixel_grid(box, spacing)
     centres = rng.uniform(-12, 12, size=(4, 6, 2))
     images = rng.normal(size=(4, box, box))
     scales, size = np.array([0.5, 1.0, 2.0, -1.0]), 0.05

@@ -82,6 +82,8 @@ def test_replica_exchange_reports_swap_rates(tmp_path, stack):
 
 def test_bad_noise_model_options_are_refused(tmp_path, stack, capsys):
     _expect_refusal(capsys, ["abinitio", str(stack), "--noise-model", "laplace"], "--noise-model laplace", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(stack), "--ctf-initial-stage", "wiener"] + TINY,
+                    "--ctf-initial-stage wiener", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(stack), "--dask-scheduler", "tcp://x:1"] + TINY, "--dask-scheduler",
                     tmp_path)
     for ladder, fragment in (("1,0", "positive"), ("1,-2", "positive"), ("1,3,2", "increase"), ("2,4", "start at 1"),
@@ -117,3 +119,5 @@ def test_ctf_option_needs_ctf_columns_and_the_gaussian_model(tmp_path, stack, im
     summary = json.loads((out / "summary.json").read_text())
     assert summary["noise_model"] == "gaussian"
     assert json.loads((out / "settings.json").read_text())["settings"]["resolved"]["ctf"] is True
+    # the initial stage searched the deconvolved images, as the summary says
+    assert summary["samplers"]["initial_stage_images"][0].startswith("single-frame deconvolution"), summary["samplers"]

@@ -73,6 +73,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="gaussian model: convolve each projection with its image's CTF from the STAR file's "
                              "columns (rlnDefocusU/V/Angle, voltage, Cs, amplitude contrast), so class averages "
                              "go in without deconvolution")
+    parser.add_argument("--ctf-initial-stage", default="deconvolved", metavar="HOW",
+                        help="with --ctf: deconvolved (the initial stage searches the poses on the images "
+                             "deconvolved of their CTFs, the refinement fits the images as they are with the CTF "
+                             "in the model; default) or model (the CTF in the model in both stages)")
     parser.add_argument("--temperatures", default="1", metavar="T0,T1,...",
                         help="gaussian model: replica exchange in the refinement over this temperature ladder, "
                              "starting at 1 and increasing, e.g. 1,2,4 (default 1: no tempering); swap rates "
@@ -143,6 +147,11 @@ def build_settings(args: argparse.Namespace):
     if args.ctf and not gaussian:
         raise InputError("--ctf: the CTF enters the model only with --noise-model gaussian; the poisson model "
                          "takes deconvolved images (--prepare)")
+    from cryogmm.pipelines.abinitio_gaussian import CTF_INITIAL_STAGES
+
+    if args.ctf_initial_stage not in CTF_INITIAL_STAGES:
+        raise InputError(f"--ctf-initial-stage {args.ctf_initial_stage}: unknown; choose "
+                         f"{' or '.join(CTF_INITIAL_STAGES)}")
     if args.ctf and args.prepare:
         raise InputError("--ctf and --prepare: choose one (--prepare deconvolves the CTF away)")
     args.temperatures = parse_temperatures(args.temperatures, gaussian)
@@ -221,7 +230,7 @@ def _gaussian_settings(args: argparse.Namespace):
                                     n_rotations=args.rotations, n_cycles=args.cycles, n_components=args.components,
                                     refine_steps=args.refine_steps, refine_burn_in=args.burn_in,
                                     refine_thin=args.thin, refine_translations=args.max_shift != 0,
-                                    temperatures=args.temperatures,
+                                    temperatures=args.temperatures, ctf_initial_stage=args.ctf_initial_stage,
                                     max_shift_in_angstroms=args.max_shift or None)
 
 

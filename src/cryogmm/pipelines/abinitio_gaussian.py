@@ -47,6 +47,7 @@ from cryogmm.kernels.gaussian_noise import residual_sums_of_squares_kernel
 from cryogmm.kernels.projections import projected_densities_kernel
 from cryogmm.mixture import GaussianMixture, evaluate
 from cryogmm.pipelines.abinitio import AbinitioResult, RestartResult
+from cryogmm.pipelines.deconvolve import deconvolve_class_averages
 from cryogmm.preprocess.resample import fourier_crop
 from cryogmm.samplers.driver import _rng_state, _set_rng_state
 from cryogmm.samplers.gaussian_noise import draw_noise_precision, draw_weight
@@ -56,6 +57,8 @@ from cryogmm.samplers.mh import gaussian_proposal
 from cryogmm.samplers.tempering import ReplicaExchange, ReplicaState, check_ladder
 
 logger = logging.getLogger(__name__)
+
+CTF_INITIAL_STAGES = ("deconvolved", "model")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +89,11 @@ class GaussianAbinitioSettings:
     refine_pose_steps: int = 2
     refine_translations: bool = True
     max_shift_in_angstroms: float | None = None
+    # with a CTF: "deconvolved" runs the initial stage on the images deconvolved of their CTFs
+    # (single-frame, non-negative, as `deconvolve`) with a CTF-free model, and the refinement on
+    # the images as they are with the CTF in the model; "model" keeps the CTF in the model in
+    # both stages
+    ctf_initial_stage: str = "deconvolved"
     # samplers
     # replica exchange in the refinement: the ladder T_0 = 1 < T_1 < ... (one temperature: none)
     temperatures: tuple[float, ...] = (1.0,)
@@ -112,6 +120,9 @@ class GaussianAbinitioSettings:
             raise ValueError(f"initial_temperature must be at least 1, got {self.initial_temperature}")
         if not self.cutoff_sigmas > 0:
             raise ValueError(f"cutoff_sigmas must be positive, got {self.cutoff_sigmas}")
+        if self.ctf_initial_stage not in CTF_INITIAL_STAGES:
+            raise ValueError(f"ctf_initial_stage must be one of {', '.join(CTF_INITIAL_STAGES)}, "
+                             f"got {self.ctf_initial_stage!r}")
 
 
 @dataclass(frozen=True)
@@ -616,7 +627,16 @@ def _run(images, pixel_size_in_angstroms, settings, seed, checkpoint, progress, 
         max_shift = default_max_shift_in_angstroms(images.shape[-1], pixel)
     if not settings.refine_translations:
         max_shift = 0.0
-    model = _model(images, pixel, settings, settings.initial_box, ctf)
+    initial_images, initial_ctf = images, ctf
+    if ctf is not None and settings.ctf_initial_stage == "deconvolved":
+        t_deconvolve = time.perf_counter()
+        deconvolved = deconvolve_class_averages(images, ctf, pixel, polarity=-1)
+        initial_images, initial_ctf = deconvolved.images, None
+        timings["deconvolution_seconds"] = time.perf_counter() - t_deconvolve
+        report["initial_stage_images"] = deconvolved.notes
+        logger.info("initial stage on the images deconvolved of their CTFs (%s); the refinement keeps the CTF in "
+                    "the model", "; ".join(deconvolved.notes[1:]))
+    model = _model(initial_images, pixel, settings, settings.initial_box, initial_ctf)
     logger.info("noise model gaussian: initial stage: %d restarts, K = %d, %d images of %d px at %.3g Å/px, "
                 "N_R = %d, symmetry %s", settings.n_restarts, settings.n_components_initial, model.n_images,
                 model.box, model.pixel_size_in_angstroms, settings.n_rotations, settings.symmetry)

@@ -20,6 +20,9 @@ fixed poses, one global step, then sweeps with pose moves; step sizes adapt duri
 burn-in and are frozen after; every `refine_thin`-th sample after burn-in is averaged into the
 posterior mean map.
 
+Both stages run through the one driver (`samplers.driver.run_chain`): a restart is a chain of
+annealed cycles, the refinement one chain of sweeps (with its replicas, when tempered).
+
 Checkpoints (`load(name)`, `save(name, dict)`, as `pipelines.abinitio`): each finished restart and
 the refinement every `checkpoint_every` steps, with the generator's state and the samplers' step
 sizes, so that a resumed run gives the same result as an uninterrupted one.
@@ -49,7 +52,7 @@ from cryogmm.mixture import GaussianMixture, evaluate
 from cryogmm.pipelines.abinitio import AbinitioResult, RestartResult
 from cryogmm.pipelines.deconvolve import deconvolve_class_averages
 from cryogmm.preprocess.resample import fourier_crop
-from cryogmm.samplers.driver import _rng_state, _set_rng_state
+from cryogmm.samplers.driver import ChainCheckpoint, run_chain
 from cryogmm.samplers.gaussian_noise import draw_noise_precision, draw_weight
 from cryogmm.samplers.hmc import HMC, HMCState, adapted_step_size
 from cryogmm.samplers.image_mh import BlockMH, BlockMHState
@@ -316,12 +319,14 @@ def _integrated_size_energy(model: GaussianModel, state: GaussianState, size: fl
 def mixture_sweep(rng: np.random.Generator, model: GaussianModel, state: GaussianState, tuning: _Tuning, *,
                   n_leapfrog: int, adapt: bool, temperature: float = 1.0) -> tuple[GaussianState, dict]:
     """One sweep: HMC on the means, MH on log s with lam integrated out, exact lam_i, exact beta_i.
-    `temperature` divides the energy (tempering); 1 is the posterior."""
+    `temperature` divides the energy (tempering); 1 is the posterior. The info gives the
+    (untempered) energy of the incoming state and that after the HMC trajectory."""
     adapt_steps = tuning.iteration + 1 if adapt else 0
     hmc = HMC(energy_and_gradient=lambda q: _scaled(model.energy_and_mean_gradient(
         state, q.reshape(-1, 3)), temperature), n_leapfrog=n_leapfrog, adapt_steps=adapt_steps,
         target_acceptance=0.8, adaptation_rate=0.5)
     h = hmc.init(rng, state.means.ravel(), step_size=tuning.means_step)
+    incoming_energy = h.energy * temperature  # the untempered energy of the incoming state
     h, info = hmc.step(rng, HMCState(h.position, h.energy, h.gradient, h.step_size, tuning.iteration))
     tuning.means_step = h.step_size
     tuning.record("means", info["acceptance"])
@@ -351,7 +356,7 @@ def mixture_sweep(rng: np.random.Generator, model: GaussianModel, state: Gaussia
         betas = _tempered_noise_precisions(rng, model, residual, temperature)
     tuning.iteration += 1
     state = replace(state, size=float(size), scales=scales, noise_precisions=betas)
-    return state, {"energy": h.energy * temperature}
+    return state, {"energy": h.energy * temperature, "incoming_energy": incoming_energy}
 
 
 def _scaled(value, temperature):
@@ -540,41 +545,74 @@ def annealing_temperature(initial: float, cycle: int, n_cycles: int) -> float:
     return float(initial ** (1.0 - cycle / max(n_cycles - 1, 1)))
 
 
+@dataclass(frozen=True)
+class _Cycle:
+    """The initial stage's state for the driver: the model state, the samplers' tuning (updated
+    in place by the sweeps), the cycles done and the last cycle's log-posterior per sweep."""
+
+    state: GaussianState
+    tuning: _Tuning
+    cycle: int
+    trace: np.ndarray
+
+
+@dataclass(frozen=True)
+class _InitialCycle:
+    """One annealed cycle of the initial stage as one step of the driver: mixture sweeps, the
+    global rotation step, the local searches and the pose moves, all at the cycle's temperature
+    (falling from `initial_temperature` to 1 over `n_cycles`)."""
+
+    model: GaussianModel
+    settings: GaussianAbinitioSettings
+    max_shift_in_angstroms: float
+
+    def step(self, rng, cycle: _Cycle) -> tuple[_Cycle, dict]:
+        settings, model, state, tuning = self.settings, self.model, cycle.state, cycle.tuning
+        temperature = annealing_temperature(settings.initial_temperature, cycle.cycle, settings.n_cycles)
+        trace, incoming = [], None
+        for _ in range(settings.mixture_steps):
+            state, info = mixture_sweep(rng, model, state, tuning, n_leapfrog=settings.n_leapfrog, adapt=True,
+                                        temperature=temperature)
+            incoming = info["incoming_energy"] if incoming is None else incoming
+            trace.append(-info["energy"])
+        if incoming is None:
+            incoming = model.energy(state)
+        state, _ = global_rotation_step(rng, model, state, settings.n_rotations, temperature=temperature)
+        for spread in settings.local_spreads_in_degrees:
+            state = local_rotation_search(rng, model, state, settings.local_candidates, spread, temperature)
+        translations = settings.refine_translations and self.max_shift_in_angstroms > 0
+        state = pose_moves(rng, model, state, tuning, n_steps=settings.pose_steps, translations=translations,
+                           adapt=True, max_shift_in_angstroms=self.max_shift_in_angstroms, temperature=temperature)
+        return (_Cycle(state, tuning, cycle.cycle + 1, np.asarray(trace)),
+                {"log_posterior": -incoming, "temperature": temperature})
+
+    def log_posterior(self, cycle: _Cycle) -> float:
+        return -self.model.energy(cycle.state)
+
+
 def run_restart(index: int, seed_sequence: np.random.SeedSequence, model: GaussianModel,
                 settings: GaussianAbinitioSettings, max_shift_in_angstroms: float,
                 progress: bool = False) -> tuple[RestartResult, GaussianState, dict]:
-    """One run of the initial stage; returns the result, its final state and its sampler report."""
+    """One run of the initial stage (`n_cycles` cycles through the driver); returns the result,
+    its final state and its sampler report."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed_sequence)
     k = asymmetric_unit_components(settings.n_components_initial, settings.symmetry)
     # components start at 0.4 of the particle's per-axis spread (1 / sqrt(r))
     sigma = max(0.4 / math.sqrt(model.mean_precision), 2.0 * model.pixel_size_in_angstroms)
     state = _initial_state(rng, model, k, sigma)
-    tuning = _Tuning()
-    trace = []
-    translations = settings.refine_translations and max_shift_in_angstroms > 0
-    bar = tqdm(total=settings.n_cycles, desc=f"restart {index + 1}", disable=not progress, leave=False, unit="cycle")
-    try:
-        for cycle in range(settings.n_cycles):
-            temperature = annealing_temperature(settings.initial_temperature, cycle, settings.n_cycles)
-            for _ in range(settings.mixture_steps):
-                state, info = mixture_sweep(rng, model, state, tuning, n_leapfrog=settings.n_leapfrog, adapt=True,
-                                            temperature=temperature)
-                trace.append(-info["energy"])
-            state, _ = global_rotation_step(rng, model, state, settings.n_rotations, temperature=temperature)
-            for spread in settings.local_spreads_in_degrees:
-                state = local_rotation_search(rng, model, state, settings.local_candidates, spread, temperature)
-            state = pose_moves(rng, model, state, tuning, n_steps=settings.pose_steps, translations=translations,
-                               adapt=True, max_shift_in_angstroms=max_shift_in_angstroms, temperature=temperature)
-            bar.update(1)
-    finally:
-        bar.close()
-    log_posterior = -model.energy(state)
-    trace.append(log_posterior)
+    traces = []
+    chain = run_chain(_InitialCycle(model, settings, max_shift_in_angstroms), rng,
+                      _Cycle(state, _Tuning(), 0, np.zeros(0)), settings.n_cycles,
+                      on_sample=lambda i, cycle: traces.append(cycle.trace), progress=progress,
+                      description=f"restart {index + 1}")
+    state = chain.final_state.state
+    log_posterior = float(chain.traces["log_posterior"][-1])
     mixture = GaussianMixture(state.means, np.full(k, 1.0 / k), state.size)
-    result = RestartResult(index, log_posterior, mixture, state.rotations, np.asarray(trace),
-                           time.perf_counter() - start)
-    return result, state, tuning.report()
+    result = RestartResult(index, log_posterior, mixture, state.rotations,
+                           np.concatenate(traces + [[log_posterior]]), time.perf_counter() - start,
+                           chain.stop.as_dict())
+    return result, state, chain.final_state.tuning.report()
 
 
 def _state_arrays(prefix: str, state: GaussianState) -> dict:
@@ -670,11 +708,9 @@ def _run(images, pixel_size_in_angstroms, settings, seed, checkpoint, progress, 
     timings["initial_stage_seconds"] = before + time.perf_counter() - t0 if len(report["restarts"]) else before
     logger.info("best restart: %d (log-posterior %.6g)", best.index + 1, best.log_posterior)
 
-    t1 = time.perf_counter()
     refined = _refine(images, pixel, settings, seeds[-1], states[best.index], max_shift, checkpoint, progress, timings,
                       ctf)
     report["refinement"] = refined.pop("report")
-    timings["refinement_seconds"] = timings.pop("refinement_seconds_before_resume", 0.0) + time.perf_counter() - t1
     timings["total_seconds"] = timings["initial_stage_seconds"] + timings["refinement_seconds"]
     return GaussianAbinitioResult(settings=settings, restarts=[restarts[i] for i in range(settings.n_restarts)],
                                   best_restart=best.index, timings=timings, sampler_report=report, **refined)
@@ -684,137 +720,156 @@ def _rounded(d: dict) -> dict:
     return {k: float(f"{v:.3g}") for k, v in d.items()}
 
 
+@dataclass(frozen=True)
+class _RefineChain:
+    """The refinement's state for the driver: the replicas (replica 0 at T = 1, the posterior),
+    each replica's sampler tuning (updated in place by its sweeps) and the sweeps done."""
+
+    replicas: ReplicaState
+    tunings: tuple
+    step: int
+
+
+@dataclass(frozen=True)
+class _Refinement:
+    """One refinement sweep of every replica, then the replica exchange, as one step of the
+    driver: mixture sweeps with fixed poses for the first `warm` steps, one global rotation step at
+    step `warm` (the poses came from coarse images), then mixture sweeps with pose moves; step
+    sizes adapt until step `adapt_until` and are frozen after."""
+
+    model: GaussianModel
+    settings: GaussianAbinitioSettings
+    max_shift_in_angstroms: float
+    warm: int
+    adapt_until: int
+
+    def step(self, rng, chain: _RefineChain) -> tuple[_RefineChain, dict]:
+        model, settings, ladder = self.model, self.settings, self.settings.temperatures
+        incoming = {}
+
+        def sweep(rng, state, temperature):
+            tuning = chain.tunings[ladder.index(temperature)]
+            adapt = chain.step < self.adapt_until
+            if chain.step == self.warm:
+                if temperature == 1.0:
+                    incoming["energy"] = model.energy(state)
+                state, info = global_rotation_step(rng, model, state, settings.n_rotations, temperature)
+                if temperature == 1.0:
+                    logger.info("refinement: global rotation step kept %d of %d rotations, flipped %d",
+                                info["kept_current"], model.n_images, info["flipped"])
+            state, info = mixture_sweep(rng, model, state, tuning, n_leapfrog=settings.n_leapfrog, adapt=adapt,
+                                        temperature=temperature)
+            if temperature == 1.0:
+                incoming.setdefault("energy", info["incoming_energy"])
+            if chain.step >= self.warm:
+                state = pose_moves(rng, model, state, tuning, n_steps=settings.refine_pose_steps,
+                                   translations=self.max_shift_in_angstroms > 0, adapt=adapt,
+                                   max_shift_in_angstroms=self.max_shift_in_angstroms, temperature=temperature)
+            return state
+
+        exchange = ReplicaExchange(sweep=sweep, energy=model.energy, temperatures=ladder)
+        replicas, info = exchange.step(rng, chain.replicas)
+        old, new = chain.replicas.replicas[0], replicas.replicas[0]
+        info.update(log_posterior=-incoming["energy"], sigma_in_angstroms=1.0 / math.sqrt(old.size),
+                    rotation_change_in_degrees=float(np.median(rotation_angle_in_degrees(old.rotations,
+                                                                                          new.rotations))),
+                    shift_change_in_angstroms=float(np.median(np.linalg.norm(new.translations - old.translations,
+                                                                             axis=-1))))
+        return _RefineChain(replicas, chain.tunings, chain.step + 1), info
+
+    def log_posterior(self, chain: _RefineChain) -> float:
+        return -self.model.energy(chain.replicas.replicas[0])
+
+    def final_info(self, chain: _RefineChain) -> dict:
+        state = chain.replicas.replicas[0]
+        return {"log_posterior": -self.model.energy(state), "sigma_in_angstroms": 1.0 / math.sqrt(state.size)}
+
+
+def _chain_arrays(chain: _RefineChain) -> dict:
+    r = chain.replicas
+    return {"step": np.array(chain.step), "replica_energies": r.energies, "swaps_attempted": r.attempted,
+            "swaps_accepted": r.accepted, "exchange_iteration": np.array(r.iteration),
+            **{k: v for j, s in enumerate(r.replicas) for k, v in _state_arrays(f"replica{j}_", s).items()},
+            **{k: v for j, t in enumerate(chain.tunings) for k, v in t.to_arrays(f"tuning{j}_").items()}}
+
+
+def _chain_from(d: dict) -> _RefineChain:
+    n = len(np.asarray(d["replica_energies"]))
+    replicas = ReplicaState(tuple(_state_from(f"replica{j}_", d) for j in range(n)), np.asarray(d["replica_energies"]),
+                            np.asarray(d["swaps_attempted"]), np.asarray(d["swaps_accepted"]),
+                            int(d["exchange_iteration"]))
+    return _RefineChain(replicas, tuple(_Tuning.from_arrays(d, f"tuning{j}_") for j in range(n)), int(d["step"]))
+
+
 def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, start: GaussianState,
             max_shift: float, checkpoint, progress: bool, timings: dict, ctf: CTFParameters | None = None) -> dict:
-    """The refinement stage; returns the fields of GaussianAbinitioResult it owns."""
-    started = time.perf_counter()
-    before = 0.0
+    """The refinement stage as one chain of the driver (`samplers.driver.run_chain`): its
+    `refine_mixture_steps` warm-up sweeps and `refine_steps` sweeps, every `refine_thin`-th state
+    after the burn-in averaged into the posterior mean, the best state tracked from the first pose
+    move, checkpoints every `checkpoint_every` sweeps. Returns the fields of
+    GaussianAbinitioResult it owns; sets timings["refinement_seconds"] and, for a chain resumed
+    from a checkpoint, timings["resumed"]."""
     model = _model(images, pixel, settings, images.shape[-1], ctf)
     g = model.operators.shape[0]
     k = asymmetric_unit_components(settings.n_components, settings.symmetry)
     n_box = images.shape[-1]
     grid = Grid.centered((n_box,) * 3, pixel)
-    translations = max_shift > 0
     warm = settings.refine_mixture_steps
-    total = warm + settings.refine_steps
     ladder = settings.temperatures
     rng = np.random.default_rng(seed_sequence)
-    saved = checkpoint.load("refinement") if checkpoint is not None else None
-    if saved is not None:
-        _set_rng_state(rng, saved["rng"])
-        best_state = _state_from("best_", saved)
-        replicas = ReplicaState(tuple(_state_from(f"replica{j}_", saved) for j in range(len(ladder))),
-                                np.asarray(saved["replica_energies"]), np.asarray(saved["swaps_attempted"]),
-                                np.asarray(saved["swaps_accepted"]), int(saved["step"]))
-        tunings = [_Tuning.from_arrays(saved, f"tuning{j}_") for j in range(len(ladder))]
-        step, trace, sigmas = int(saved["step"]), list(saved["trace"]), list(saved["sigmas"])
-        rotation_changes = list(saved.get("rotation_changes", np.full(step, np.nan)))
-        shift_changes = list(saved.get("shift_changes", np.full(step, np.nan)))
-        mean_sum, n_samples = np.asarray(saved["mean_sum"]), int(saved["n_samples"])
-        best_lp = float(saved["best_log_posterior"])
-        before = float(saved["elapsed_seconds"])
-        timings["refinement_seconds_before_resume"] = before
-        timings["resumed"] = True
-        logger.info("resuming the refinement at step %d of %d", step, total)
-    else:
-        # K components drawn from the initial stage's density; sigma shrinks as K^(-1/3)
-        k0 = len(start.means)
-        sigma0 = 1.0 / math.sqrt(start.size)
-        means = start.means[rng.integers(k0, size=k)] + sigma0 * rng.standard_normal((k, 3))
-        sigma = sigma0 * (k0 / k) ** (1.0 / 3.0)
-        state = replace(_initial_state(rng, model, k, sigma, rotations=start.rotations, means=means),
-                        translations=start.translations.copy())
-        state = _draw_scales_and_noise(rng, model, state)
-        tunings = [_Tuning(rotation_step=0.01, translation_step=0.25 * pixel) for _ in ladder]
-        step, trace, sigmas = 0, [], []
-        rotation_changes, shift_changes = [], []  # per sweep, the median over images (degrees, Å)
-        mean_sum, n_samples = np.zeros(grid.shape), 0
-        best_lp, best_state = -np.inf, state
+    # K components drawn from the initial stage's density; sigma shrinks as K^(-1/3). (On a
+    # resume the driver replaces this state by the checkpoint's, generator included.)
+    k0 = len(start.means)
+    sigma0 = 1.0 / math.sqrt(start.size)
+    means = start.means[rng.integers(k0, size=k)] + sigma0 * rng.standard_normal((k, 3))
+    sigma = sigma0 * (k0 / k) ** (1.0 / 3.0)
+    state = replace(_initial_state(rng, model, k, sigma, rotations=start.rotations, means=means),
+                    translations=start.translations.copy())
+    state = _draw_scales_and_noise(rng, model, state)
+    tunings = tuple(_Tuning(rotation_step=0.01, translation_step=0.25 * pixel) for _ in ladder)
     logger.info("refinement: K = %d, %d images of %d px, translations %s; %d warm-up sweeps, %d sweeps (burn-in %d)",
                 settings.n_components, model.n_images, model.box,
-                f"within {max_shift:.3g} Å" if translations else "fixed", warm, settings.refine_steps,
+                f"within {max_shift:.3g} Å" if max_shift > 0 else "fixed", warm, settings.refine_steps,
                 settings.refine_burn_in)
-    adapt_until = warm + settings.refine_burn_in
-    rung = {t: j for j, t in enumerate(ladder)}
-    last = {}
-
-    def sweep(rng, state, temperature):
-        """One refinement sweep of the replica at `temperature` (its own step sizes)."""
-        tuning = tunings[rung[temperature]]
-        adapt = step < adapt_until
-        if step == warm:  # the poses came from coarse images: one global step at full size
-            state, info = global_rotation_step(rng, model, state, settings.n_rotations, temperature)
-            if temperature == 1.0:
-                logger.info("refinement: global rotation step kept %d of %d rotations, flipped %d",
-                            info["kept_current"], model.n_images, info["flipped"])
-        state, info = mixture_sweep(rng, model, state, tuning, n_leapfrog=settings.n_leapfrog, adapt=adapt,
-                                    temperature=temperature)
-        if step >= warm:
-            state = pose_moves(rng, model, state, tuning, n_steps=settings.refine_pose_steps,
-                               translations=translations, adapt=adapt, max_shift_in_angstroms=max_shift,
-                               temperature=temperature)
-        if temperature == 1.0:
-            last["energy"] = info["energy"]
-        return state
-
-    exchange = ReplicaExchange(sweep=sweep, energy=model.energy, temperatures=ladder)
-    if saved is None:
-        replicas = exchange.init(rng, [state] * len(ladder)) if len(ladder) > 1 else \
-            ReplicaState((state,), np.zeros(1), np.zeros(0), np.zeros(0))
-    state = replicas.replicas[0]
-    bar = tqdm(total=total, initial=step, desc="refinement", disable=not progress, leave=False, unit="sweep")
-    try:
-        while step < total:
-            replicas, _ = exchange.step(rng, replicas)
-            previous, state = state, replicas.replicas[0]
-            rotation_changes.append(float(np.median(rotation_angle_in_degrees(previous.rotations, state.rotations))))
-            shift_changes.append(float(np.median(np.linalg.norm(state.translations - previous.translations, axis=-1))))
-            step += 1
-            lp = -last["energy"]
-            trace.append(lp)
-            sigmas.append(1.0 / math.sqrt(state.size))
-            done = step - warm
-            if done > settings.refine_burn_in and (done - settings.refine_burn_in) % settings.refine_thin == 0:
-                mean_sum += evaluate(_full_mixture(model, state), grid)
-                n_samples += 1
-            if step > warm and lp > best_lp:
-                best_lp, best_state = lp, state
-            bar.update(1)
-            if checkpoint is not None and step % settings.checkpoint_every == 0 and step < total:
-                checkpoint.save("refinement", {
-                    "elapsed_seconds": np.array(before + time.perf_counter() - started), "rng": _rng_state(rng),
-                    "step": np.array(step), "trace": np.asarray(trace), "sigmas": np.asarray(sigmas),
-                    "rotation_changes": np.asarray(rotation_changes), "shift_changes": np.asarray(shift_changes),
-                    "mean_sum": mean_sum, "n_samples": np.array(n_samples), "best_log_posterior": np.array(best_lp),
-                    **_state_arrays("best_", best_state), "replica_energies": replicas.energies,
-                    "swaps_attempted": replicas.attempted, "swaps_accepted": replicas.accepted,
-                    **{k: v for j, r in enumerate(replicas.replicas) for k, v in _state_arrays(f"replica{j}_", r).items()},
-                    **{k: v for j, t in enumerate(tunings) for k, v in t.to_arrays(f"tuning{j}_").items()}})
-    finally:
-        bar.close()
-    final_lp = -model.energy(state)
-    trace.append(final_lp)
-    sigmas.append(1.0 / math.sqrt(state.size))
-    if final_lp > best_lp:
-        best_lp, best_state = final_lp, state
-    if n_samples == 0:
-        mean_sum, n_samples = evaluate(_full_mixture(model, state), grid), 1
-    report = tunings[0].report()
+    sampler = _Refinement(model, settings, max_shift, warm, warm + settings.refine_burn_in)
+    exchange = ReplicaExchange(sweep=lambda rng, s, t: s, energy=model.energy, temperatures=ladder)
+    replicas = (exchange.init(rng, [state] * len(ladder)) if len(ladder) > 1
+                else ReplicaState((state,), np.zeros(1), np.zeros(0), np.zeros(0)))
+    store = None if checkpoint is None else ChainCheckpoint(checkpoint, "refinement", settings.checkpoint_every,
+                                                            _chain_arrays, _chain_from)
+    chain = run_chain(sampler, rng, _RefineChain(replicas, tunings, 0), warm + settings.refine_steps,
+                      burn_in=warm + settings.refine_burn_in, thin=settings.refine_thin,
+                      mean_of=lambda c: evaluate(_full_mixture(model, c.replicas.replicas[0]), grid),
+                      best_from=warm + 1, final_info=sampler.final_info, progress=progress,
+                      description="refinement", checkpoint=store)
+    timings["refinement_seconds"] = chain.seconds
+    if chain.resumed:
+        timings["resumed"] = True
+    final = chain.final_state
+    state = final.replicas.replicas[0]
+    best_state = chain.best_state.replicas.replicas[0] if chain.best_state is not None else state
+    mean = chain.posterior_mean if chain.posterior_mean is not None else evaluate(_full_mixture(model, state), grid)
+    report = final.tunings[0].report()
     logger.info("refinement: acceptance %s; step sizes %s", _rounded(report["acceptance_rates"]),
                 _rounded(report["step_sizes"]))
     if len(ladder) > 1:
         report["temperatures"] = list(ladder)
-        report["swap_rates"] = [float(r) for r in replicas.swap_rates()]
-        report["hot_replicas"] = [tunings[j].report() for j in range(1, len(ladder))]
+        report["swap_rates"] = [float(r) for r in final.replicas.swap_rates()]
+        report["hot_replicas"] = [final.tunings[j].report() for j in range(1, len(ladder))]
         logger.info("replica exchange over temperatures %s: swap rates between neighbours %s", list(ladder),
                     [round(r, 3) for r in report["swap_rates"]])
+    traces = chain.traces
     mixture = GaussianMixture(best_state.means, np.full(k, 1.0 / k), best_state.size)
     return dict(mixture=mixture, full_mixture=_full_mixture(model, best_state), rotations=state.rotations,
-                translations_in_angstroms=state.translations, posterior_mean=mean_sum / n_samples,
-                n_samples=n_samples, refine_trace=np.asarray(trace), sigma_trace=np.asarray(sigmas),
-                rotation_change_trace=np.asarray(rotation_changes), shift_change_trace=np.asarray(shift_changes),
-                log_posterior=final_lp, scales=state.scales, noise_precisions=state.noise_precisions,
-                report=report | {"frozen_after_sweep": adapt_until, "n_images": model.n_images, "groups": g})
+                translations_in_angstroms=state.translations, posterior_mean=mean,
+                n_samples=max(chain.n_averaged, 1), refine_trace=traces["log_posterior"],
+                sigma_trace=traces["sigma_in_angstroms"],
+                rotation_change_trace=traces["rotation_change_in_degrees"][:-1],
+                shift_change_trace=traces["shift_change_in_angstroms"][:-1],
+                log_posterior=float(traces["log_posterior"][-1]), sampling_start=warm + settings.refine_burn_in,
+                stopping={"refinement": chain.stop.as_dict()},
+                report=report | {"frozen_after_sweep": warm + settings.refine_burn_in, "n_images": model.n_images,
+                                 "groups": g})
 
 
 def _full_mixture(model: GaussianModel, state: GaussianState) -> GaussianMixture:

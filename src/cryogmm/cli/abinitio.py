@@ -21,8 +21,11 @@ by log-posterior; then refinement of the best one (K = --components on the image
 size, --counts counts each, rotations and translations sampled) and the posterior mean of the
 thinned samples after burn-in.
 
-Outputs in DIR: map.mrc (posterior mean on the input pixel size and box; rotation centre at
-voxel box//2, MRC origin 0 as RELION writes it), pseudoatoms.pdb and .cif (best sample, all
+Outputs in DIR: map.mrc (on the input pixel size and box; rotation centre at voxel box//2, MRC
+origin 0 as RELION writes it): with the poisson model the pseudo-atom posterior mean
+(posterior_mean.mrc) or the direct Fourier inversion of the images with the final poses
+(fourier_inversion.mrc), whichever the half-set FSCs show to be sharper (--final-map; summary.json's
+final_map says which and why); with the gaussian model the posterior mean; pseudoatoms.pdb and .cif (best sample, all
 symmetric copies, one chain each), orientations.star (estimated poses in RELION's convention with
 the input image names; voltage, Cs and amplitude contrast copied from the input STAR file, or left
 out), summary.json (settings, seed, per-restart log-posteriors, chosen restart, component size,
@@ -73,6 +76,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="gaussian model: convolve each projection with its image's CTF from the STAR file's "
                              "columns (rlnDefocusU/V/Angle, voltage, Cs, amplitude contrast), so class averages "
                              "go in without deconvolution")
+    parser.add_argument("--final-map", default="auto", metavar="WHICH",
+                        help="poisson model: what map.mrc is: the pseudo-atom posterior mean, the direct Fourier "
+                             "inversion of the images with the final poses, or auto (default): the inversion when "
+                             "the half-set FSCs show it sharper than the posterior mean; both are written "
+                             "(posterior_mean.mrc, fourier_inversion.mrc) and summary.json's final_map says which")
     parser.add_argument("--ctf-initial-stage", default="deconvolved", metavar="HOW",
                         help="with --ctf: deconvolved (the initial stage searches the poses on the images "
                              "deconvolved of their CTFs, the refinement fits the images as they are with the CTF "
@@ -152,6 +160,10 @@ def build_settings(args: argparse.Namespace):
     if args.ctf_initial_stage not in CTF_INITIAL_STAGES:
         raise InputError(f"--ctf-initial-stage {args.ctf_initial_stage}: unknown; choose "
                          f"{' or '.join(CTF_INITIAL_STAGES)}")
+    if args.final_map not in ("auto", "posterior-mean", "fourier-inversion"):
+        raise InputError(f"--final-map {args.final_map}: unknown; choose auto, posterior-mean or fourier-inversion")
+    if gaussian and args.final_map != "auto":
+        raise InputError("--final-map: the gaussian model's map.mrc is its posterior mean; leave out --final-map")
     if args.ctf and args.prepare:
         raise InputError("--ctf and --prepare: choose one (--prepare deconvolves the CTF away)")
     args.temperatures = parse_temperatures(args.temperatures, gaussian)
@@ -197,7 +209,8 @@ def build_settings(args: argparse.Namespace):
                             adaptive_stopping=not args.fixed_schedule, refine_stop_window=args.stop_window,
                             refine_stop_standard_errors=args.stop_tolerance,
                             initial_stop_tolerance_in_degrees=args.rotation_tolerance,
-                            restart_agreement_in_degrees=args.restart_agreement)
+                            restart_agreement_in_degrees=args.restart_agreement,
+                            final_map=args.final_map.replace("-", "_"))
 
 
 def parse_temperatures(text, gaussian: bool) -> tuple[float, ...]:
@@ -465,6 +478,9 @@ def write_outputs(folder: Path, args, data, images: np.ndarray, result, seed: in
         "timings_in_seconds": result.timings,
         # which rule ended each stage, at which step (cycle for restarts; max_steps: the schedule)
         "stopping": getattr(result, "stopping", {}),
+        # which map map.mrc is (posterior mean or Fourier inversion) and the estimates behind it
+        "final_map": (result.final_map.figures if getattr(result, "final_map", None) is not None
+                      else {"map_mrc": "posterior_mean", "rule": "posterior_mean (gaussian noise model)"}),
         # how well the model explains each input: cross-correlation (Eqn. 3.3) of the image with
         # the projection of the best sample along the image's estimated pose
         "projection_cross_correlations": [cross_correlation(a, b) for a, b in zip(compared, projections)],

@@ -18,8 +18,10 @@ from cryogmm.mixture import GaussianMixture
 def abinitio_volume(result, images: np.ndarray, pixel_size_in_angstroms: float) -> np.ndarray:
     """The posterior mean `(n, n, n)` in the images' units: it integrates to one, so it is given
     the images' mean mass (line integrals per Å^2)."""
-    from cryogmm.pipelines.reconstruct import scale_to_images
+    from cryogmm.pipelines.final_map import scale_to_images
 
+    if getattr(result, "final_map", None) is not None:
+        return result.final_map.volume
     return scale_to_images(result.posterior_mean, images, pixel_size_in_angstroms)
 
 
@@ -58,6 +60,11 @@ def write_abinitio_results(folder: str | os.PathLike, result, images: np.ndarray
     full = result.full_mixture
     moved = GaussianMixture(full.means_in_angstroms + (n // 2) * pixel, full.weights, full.precision_per_square_angstrom)
     paths = [folder / "map.mrc"]
+    final = getattr(result, "final_map", None)
+    if final is not None:  # both candidates beside map.mrc
+        write_map(folder / "posterior_mean.mrc", final.posterior_mean, pixel)
+        write_map(folder / "fourier_inversion.mrc", final.inversion, pixel)
+        paths += [folder / "posterior_mean.mrc", folder / "fourier_inversion.mrc"]
     paths += write_pseudoatom_files(folder / "pseudoatoms", moved,
                                     copies=full.n_components // result.mixture.n_components,
                                     symmetry=result.settings.symmetry, cell_in_angstroms=n * pixel)

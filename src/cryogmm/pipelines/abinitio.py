@@ -45,6 +45,7 @@ from cryogmm.preprocess.resample import fourier_crop
 from cryogmm.samplers.projected import (ImageCounts, ProjectedGibbsSampler, ProjectedState, basin_search,
                                         default_projection_prior, expand_symmetry, global_rotation_step,
                                         local_rotation_search)
+from cryogmm.pipelines.final_map import FINAL_MAPS, FinalMap, choose_final_map
 from cryogmm.samplers.driver import ChainCheckpoint, run_chain
 from cryogmm.samplers.stopping import LogPosteriorPlateau, RotationsStable
 from cryogmm.simulate.discretise import discretise
@@ -80,6 +81,10 @@ class AbinitioSettings:
     refine_translations: bool = True
     max_shift_in_angstroms: float | None = None
     checkpoint_every: int = 50
+    # map.mrc (pipelines.final_map): "auto" (the posterior mean or the direct Fourier inversion
+    # with the final poses, whichever the half-set FSCs say is sharper), "posterior_mean" or
+    # "fourier_inversion"
+    final_map: str = "auto"
     # adaptive stopping (samplers.stopping): the step counts above are maxima. A restart ends when
     # its cycle-mean rotations are stable (window of `initial_stop_window` cycles); the initial
     # stage ends when two restarts agree (`restart_agreement_share` of the images within
@@ -97,6 +102,8 @@ class AbinitioSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "symmetry", canonical_symmetry_name(self.symmetry))
+        if self.final_map not in FINAL_MAPS:
+            raise ValueError(f"final_map must be one of {', '.join(FINAL_MAPS)}, got {self.final_map!r}")
         positive = ("n_restarts", "n_components_initial", "initial_box", "initial_counts", "n_rotations",
                     "n_cycles", "n_components", "refine_counts", "refine_thin", "checkpoint_every")
         for name in positive:
@@ -172,6 +179,9 @@ class AbinitioResult:
     shift_change_trace: np.ndarray = field(default_factory=lambda: np.zeros(0))
     stopping: dict = field(default_factory=dict)  # per stage: the rule that ended it and the step
     sampling_start: int = 0  # index in refine_trace where the averaged samples begin
+    # map.mrc in the images' units (pipelines.final_map) and where it came from; None: the
+    # scaled posterior mean
+    final_map: FinalMap | None = None
 
 
 def images_to_counts(images: np.ndarray, pixel_size_in_angstroms: float, box: int, n_counts: int) -> ImageCounts:
@@ -382,7 +392,14 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
     timings["total_seconds"] = timings["initial_stage_seconds"] + timings["refinement_seconds"]
     refine["stopping"] = {"restarts": [restarts[i].stop for i in sorted(restarts)], "initial_stage": stage_stop,
                           **refine["stopping"]}
-    return AbinitioResult(settings=settings, restarts=[restarts[i] for i in sorted(restarts)],
+    t2 = time.perf_counter()
+    final = choose_final_map(images, pixel_size_in_angstroms, refine["rotations"], refine["translations_in_angstroms"],
+                             refine["posterior_mean"], symmetry=settings.symmetry, rule=settings.final_map)
+    timings["final_map_seconds"] = time.perf_counter() - t2
+    timings["total_seconds"] += timings["final_map_seconds"]
+    logger.info("map.mrc: %s (%s)", final.source.replace("_", " "),
+                ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in final.figures.items()))
+    return AbinitioResult(final_map=final, settings=settings, restarts=[restarts[i] for i in sorted(restarts)],
                           best_restart=best.index, timings=timings, **refine)
 
 

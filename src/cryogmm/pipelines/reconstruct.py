@@ -27,7 +27,7 @@ from cryogmm.geometry.symmetry import symmetry_operators
 from cryogmm.grid import Grid
 from cryogmm.mixture import GaussianMixture, MixturePrior, evaluate
 from cryogmm.pipelines.abinitio import images_to_counts
-from cryogmm.reconstruction.fourier_inversion import fourier_inversion
+from cryogmm.pipelines.final_map import invert_with_symmetry, scale_to_images  # noqa: F401 (scale_to_images: API)
 from cryogmm.samplers.driver import run_chain
 from cryogmm.samplers.projected import ProjectedGibbsSampler, default_projection_prior, expand_symmetry
 
@@ -84,15 +84,6 @@ def _check_poses(images, pixel_size_in_angstroms, rotations, shifts_in_angstroms
     if not np.isfinite(pixel) or pixel <= 0:
         raise InputError(f"pixel size must be a positive number of Å, got {pixel_size_in_angstroms}")
     return images, rotations, shifts, pixel
-
-
-def scale_to_images(density: np.ndarray, images: np.ndarray, pixel_size_in_angstroms: float) -> np.ndarray:
-    """A posterior-mean density (integrating to one) in the images' units: times the images' mean
-    integral (sum of each image times the pixel area, averaged), so that its line integrals are
-    the images, as `fourier_inversion`'s maps are. The one place a posterior mean is scaled."""
-    images = np.asarray(images, dtype=np.float64)
-    mass = float(images.reshape(images.shape[0], -1).sum(1).mean()) * float(pixel_size_in_angstroms) ** 2
-    return np.asarray(density) * mass
 
 
 def check_non_negative(images: np.ndarray, source: str | None = None,
@@ -205,10 +196,4 @@ def reconstruct_fourier(images, pixel_size_in_angstroms: float, rotations, shift
     (n, n, n) float64 map on `Grid.centered((n, n, n), pixel)`.
     """
     images, rotations, shifts, pixel = _check_poses(images, pixel_size_in_angstroms, rotations, shifts_in_angstroms)
-    ops = symmetry_operators(symmetry)
-    g = ops.shape[0]
-    if g > 1:
-        rotations = np.einsum("pij,gjk->pgik", rotations, ops).reshape(-1, 3, 3)
-        images = np.repeat(images, g, axis=0)
-        shifts = np.repeat(shifts, g, axis=0)
-    return fourier_inversion(images, rotations, shifts, pixel, dtype=np.float64)
+    return invert_with_symmetry(images, rotations, shifts, pixel, symmetry)

@@ -15,9 +15,10 @@ Which one is better is measured, not assumed, with the usual half-set relations:
   chosen when C_M falls below 0.5 there (the mixture is then blurrier than the inversion);
   otherwise M is kept: where D is unreliable it cannot show M to be worse.
 
-The figures (both estimated resolutions and the choice) go to `summary.json`. Both maps are in the
-images' units (line integrals per Å^2): the inversion as `fourier_inversion` gives it, the
-posterior mean scaled by `scale_to_images`.
+The inversion handed out is weighted shell by shell by C_D (which leaves its FSC as it is and damps
+the shells that hold mostly noise). The figures (both estimated resolutions and the choice) go to
+`summary.json`. Both maps are in the images' units (line integrals per Å^2): the inversion as
+`fourier_inversion` gives it, the posterior mean scaled by `scale_to_images`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from cryogmm.geometry.symmetry import symmetry_operators
 from cryogmm.metrics.fsc import FSCCurve, fourier_shell_correlation, resolution_at
 from cryogmm.reconstruction.fourier_inversion import fourier_inversion
+from cryogmm.reconstruction.postprocess import sharpen
 
 FINAL_MAPS = ("auto", "posterior_mean", "fourier_inversion")
 
@@ -102,6 +104,10 @@ def choose_final_map(images, pixel_size_in_angstroms: float, rotations, shifts_i
                 FSCCurve(agreement.frequency_per_angstrom, c_mean, agreement.n_voxels), 0.5),
             "posterior_mean_worse_within_reliable_shells": mean_worse})
         auto = "fourier_inversion" if mean_worse else "posterior_mean"
+        # each shell of the inversion weighted by its expected correlation with the truth: this
+        # leaves its FSC as it is and damps the shells that hold mostly noise
+        inversion = sharpen(inversion, pixel, bfactor_in_angstroms2=0.0, resolution_in_angstroms=2.0 * pixel,
+                            fsc=half, lowpass_width_in_shells=0.0).astype(np.float64)
     else:  # too few images to split
         figures["note"] = "fewer than 4 images: no half sets, the posterior mean is kept"
         auto = "posterior_mean"

@@ -41,8 +41,8 @@ def test_readme_abinitio_example_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(abinitio.AbinitioSettings, "__init__", lambda self, **given: build(self, **(FAST | given)))
     exec(compile(_example("run_abinitio("), str(README), "exec"), {"__name__": "__main__"})
     out = tmp_path / "my_run"
-    assert sorted(p.name for p in out.iterdir()) == ["map.mrc", "orientations.star", "pseudoatoms.cif",
-                                                      "pseudoatoms.pdb"]
+    assert sorted(p.name for p in out.iterdir()) == ["fourier_inversion.mrc", "map.mrc", "orientations.star",
+                                                      "posterior_mean.mrc", "pseudoatoms.cif", "pseudoatoms.pdb"]
     assert read_map(out / "map.mrc").data.shape == (24, 24, 24)
     assert read_pseudoatoms(out / "pseudoatoms.pdb").n_components == 40
     names = read_particles(out / "orientations.star").particles["rlnImageName"].tolist()

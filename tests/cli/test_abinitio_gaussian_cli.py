@@ -84,6 +84,9 @@ def test_bad_noise_model_options_are_refused(tmp_path, stack, capsys):
     _expect_refusal(capsys, ["abinitio", str(stack), "--noise-model", "laplace"], "--noise-model laplace", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(stack), "--ctf-initial-stage", "wiener"] + TINY,
                     "--ctf-initial-stage wiener", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(stack), "--final-map", "fourier-inversion"] + TINY,
+                    "--final-map", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(stack), "--final-map", "sharpest"], "--final-map sharpest", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(stack), "--dask-scheduler", "tcp://x:1"] + TINY, "--dask-scheduler",
                     tmp_path)
     for ladder, fragment in (("1,0", "positive"), ("1,-2", "positive"), ("1,3,2", "increase"), ("2,4", "start at 1"),

@@ -98,6 +98,8 @@ def test_abinitio_recovers_the_truth_and_writes_every_output(tmp_path):
     chosen = summary["final_map"]
     assert chosen["map_mrc"] == "fourier_inversion" and chosen["rule"] == "auto", chosen
     np.testing.assert_array_equal(read_map(out / "map.mrc").data, read_map(out / "fourier_inversion.mrc").data)
+    report = (out / "report.html").read_text()  # and the report says so
+    assert "<h3>final map</h3>" in report and "fourier_inversion" in report.split("<h3>final map</h3>")[1][:2000]
     assert summary["reference"]["fsc_0.5_in_angstroms"] < 14.0
     # the posterior mean, as before: CC 0.987-0.991 with the 20 Å truth over seeds 1-3 (the sharper
     # inversion correlates less, 0.975, with that blurred truth)

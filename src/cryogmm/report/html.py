@@ -523,14 +523,15 @@ def _summary_section(run: RunFiles) -> str:
         if stopping:
             body += _table(stopping, ("stopping", ""))
         body += "</div>"
-    for name in ("reference", "rotation_errors"):
+    for name in ("final_map", "reference", "rotation_errors"):  # final_map: which map map.mrc is, and why
         if isinstance(summary.get(name), dict):
             body += f"<h3>{html.escape(name.replace('_', ' '))}</h3>" + _table(_rows(summary[name]))
     notes = run.summary.get("notes") or (run.summary.get("prepare") if isinstance(run.summary.get("prepare"), list) else None)
     if notes:
         body += "<h3>what was done to the input</h3><ul>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>"
     rest = {k: v for k, v in summary.items()
-            if k not in _KEY_NAMES and k not in ("reference", "rotation_errors", "timings_in_seconds", "prepare")}
+            if k not in _KEY_NAMES and k not in ("final_map", "reference", "rotation_errors", "timings_in_seconds",
+                                                 "prepare")}
     body += f"<details><summary>everything in the summary</summary>{_table(_rows(rest))}</details>"
     return _section("summary", "Summary", body)
 

@@ -16,8 +16,9 @@ from cryogmm.mixture import GaussianMixture
 
 
 def abinitio_volume(result, images: np.ndarray, pixel_size_in_angstroms: float) -> np.ndarray:
-    """The posterior mean `(n, n, n)` in the images' units: it integrates to one, so it is given
-    the images' mean mass (line integrals per Å^2)."""
+    """map.mrc `(n, n, n)` in the images' units (line integrals per Å^2): the run's chosen final map
+    (`pipelines.final_map`) when it has one, else its posterior mean, which integrates to one,
+    given the images' mean mass."""
     from cryogmm.pipelines.final_map import scale_to_images
 
     if getattr(result, "final_map", None) is not None:

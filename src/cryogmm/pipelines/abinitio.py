@@ -40,12 +40,12 @@ from cryogmm.geometry.symmetry import asymmetric_unit_components, canonical_symm
 from cryogmm.grid import Grid
 from cryogmm.metrics.alignment import rotation_errors
 from cryogmm.mixture import GaussianMixture, evaluate
+from cryogmm.pipelines.final_map import FINAL_MAPS, FinalMap, choose_final_map
 from cryogmm.preprocess.normalise import negative_part
 from cryogmm.preprocess.resample import fourier_crop
 from cryogmm.samplers.projected import (ImageCounts, ProjectedGibbsSampler, ProjectedState, basin_search,
                                         default_projection_prior, expand_symmetry, global_rotation_step,
                                         local_rotation_search)
-from cryogmm.pipelines.final_map import FINAL_MAPS, FinalMap, choose_final_map
 from cryogmm.samplers.driver import ChainCheckpoint, run_chain
 from cryogmm.samplers.stopping import LogPosteriorPlateau, RotationsStable
 from cryogmm.simulate.discretise import discretise
@@ -387,7 +387,6 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
         timings["initial_stage_seconds"] = before + time.perf_counter() - t0
     logger.info("best restart: %d (log-posterior %.6g)", best.index + 1, best.log_posterior)
 
-    t1 = time.perf_counter()
     refine = _refine(images, pixel_size_in_angstroms, settings, seeds[-1], best, checkpoint, progress, timings)
     timings["total_seconds"] = timings["initial_stage_seconds"] + timings["refinement_seconds"]
     refine["stopping"] = {"restarts": [restarts[i].stop for i in sorted(restarts)], "initial_stage": stage_stop,

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field, replace
 import numba
 import numpy as np
 from scipy.spatial.transform import Rotation
-from tqdm.auto import tqdm
 
 from cryogmm.forward.ctf import CTFParameters, ctf_images
 from cryogmm.forward.gaussian import (energy_and_gradients_on_grid, energy_and_gradients_with_ctf, filter_and_crop,
@@ -832,6 +831,7 @@ def _refine(images, pixel, settings: GaussianAbinitioSettings, seed_sequence, st
                 f"within {max_shift:.3g} Å" if max_shift > 0 else "fixed", warm, settings.refine_steps,
                 settings.refine_burn_in)
     sampler = _Refinement(model, settings, max_shift, warm, warm + settings.refine_burn_in)
+    # the replicas' starting energies (init does not sweep; the sweeps live in _Refinement.step)
     exchange = ReplicaExchange(sweep=lambda rng, s, t: s, energy=model.energy, temperatures=ladder)
     replicas = (exchange.init(rng, [state] * len(ladder)) if len(ladder) > 1
                 else ReplicaState((state,), np.zeros(1), np.zeros(0), np.zeros(0)))

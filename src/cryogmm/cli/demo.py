@@ -112,7 +112,8 @@ def main(args: argparse.Namespace) -> int:
                      result.timings["total_seconds"], reference["compared"],
                      _resolution(reference["fsc_0.5_in_angstroms"]), reference["cross_correlation"],
                      reference["note"], errors["within_5_degrees"], DEMO_IMAGES, errors["median_degrees"])
-        print(f"demo results in {Path(args.output).resolve()}: map.mrc, pseudoatoms.pdb/.cif, orientations.star, "
+        print(f"demo results in {Path(args.output).resolve()}: map.mrc (= {result.final_map.source}.mrc), "
+              f"pseudoatoms.pdb/.cif, orientations.star, "
               f"summary.json, restarts.png, projections.png, map_slices.png, fsc.png, run.log (open map.mrc and "
               f"{TRUTH_NAME} together in ChimeraX)")
     finally:

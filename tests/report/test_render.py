@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryogmm.report.render import VIEWS, render_isosurface, surface_level
+from scipy import ndimage
+
+from cryogmm.report.render import VIEWS, _zoom_with_gradient, render_isosurface, surface_level
 
 N = 32
 
@@ -96,3 +98,13 @@ def test_a_large_map_is_drawn_at_160_pixels_with_its_blob_in_place():
     assert picture.shape == (160, 160, 4)
     h, v = centroid(covered(picture))
     assert (h - 80) * n / 160 == pytest.approx(50, abs=2) and (v - 80) * n / 160 == pytest.approx(0, abs=2)
+
+
+@pytest.mark.parametrize("shape, factor, order", [((12, 14, 10), 3, 3), ((20, 18, 20), 0.7, 1), ((9, 9, 9), 1, 0)])
+def test_zoom_by_axis_matrices_is_scipys_zoom_and_smoothed_gradient(shape, factor, order):
+    volume = ndimage.gaussian_filter(np.random.default_rng(0).random(shape), 1.5)
+    zoomed, gradient = _zoom_with_gradient(volume, factor, order, 0.8)
+    expected = ndimage.zoom(volume, factor, order=order, mode="nearest")
+    np.testing.assert_allclose(zoomed, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+    expected_gradient = np.stack(np.gradient(ndimage.gaussian_filter(expected, 0.8)))
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=0, atol=1e-12 * np.abs(expected_gradient).max())

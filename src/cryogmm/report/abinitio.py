@@ -53,26 +53,37 @@ def plot_projections(images: np.ndarray, projections: np.ndarray, path: str | os
     At most `max_images` pairs are shown (the title then says how many of how many); with
     `pixel_size_in_angstroms` the first image has a scale bar, and `angles_in_degrees` (P, 3)
     (rot, tilt, psi) are written under each projection. Returns the figure (already written).
+    The images are drawn as one mosaic in one axes: a figure of 50 axes takes seconds to lay out.
     """
     n = min(len(images), max_images)
-    cols = min(n, 6)
+    cols = max(min(n, 6), 1)
     rows = 2 * int(np.ceil(n / cols))
-    fig = Figure(figsize=(1.6 * cols, 1.75 * rows + 0.5), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
-    for ax in axes.ravel():
-        ax.set_axis_off()
+    size = max(images.shape[-2:] + projections.shape[-2:])
+    unit = size / 1.4  # mosaic pixels per inch: the largest image is 1.4 in wide in a cell of 1.6 x 1.75 in
+    cell_w, cell_h, below = round(1.6 * unit), round(1.75 * unit), round(0.17 * unit)
+    mosaic = np.ones((rows * cell_h, cols * cell_w, 3), dtype=np.float32)  # white between the images
+    height_in = rows * cell_h / unit
+    fig = Figure(figsize=(cols * cell_w / unit, height_in + 0.45))
+    ax = fig.add_axes((0, 0, 1, height_in / (height_in + 0.45)))
+    ax.set_axis_off()
+    corners = []
     for i in range(n):
-        r, c = 2 * (i // cols), i % cols
         for j, (image, name) in enumerate(((images[i], row_names[0]), (projections[i], row_names[1]))):
-            ax = axes[r + j, c]
-            ax.imshow(image, cmap="gray", origin="lower")
-            ax.set_title(f"{labels[i] if labels else i + 1} {name}", fontsize=7)
+            h, w = image.shape
+            x0 = (i % cols) * cell_w + (cell_w - w) // 2
+            bottom = (rows - 1 - 2 * (i // cols) - j) * cell_h + below
+            y0 = bottom + (size - h) // 2
+            mosaic[y0:y0 + h, x0:x0 + w] = _grey(image)[..., None]
+            corners.append((x0, y0))
+            ax.text(x0 + w / 2, bottom + size + 0.03 * unit, f"{labels[i] if labels else i + 1} {name}", fontsize=7,
+                    ha="center", va="bottom")
         if angles_in_degrees is not None:
             rot, tilt, psi = angles_in_degrees[i]
-            axes[r + 1, c].text(0.5, -0.04, f"({rot:.0f}, {tilt:.0f}, {psi:.0f})", fontsize=6, ha="center",
-                                va="top", transform=axes[r + 1, c].transAxes)
+            ax.text(x0 + w / 2, bottom - 0.03 * unit, f"({rot:.0f}, {tilt:.0f}, {psi:.0f})", fontsize=6,
+                    ha="center", va="top")
+    ax.imshow(mosaic, origin="lower", extent=(0, mosaic.shape[1], 0, mosaic.shape[0]), aspect="auto")
     if pixel_size_in_angstroms is not None and n:
-        scale_bar(axes[0, 0], pixel_size_in_angstroms, images.shape[-1])
+        scale_bar(ax, pixel_size_in_angstroms, images.shape[-1], at=(corners[0][0] + 0.5, corners[0][1] + 0.5))
     notes = []
     if n < len(images):
         notes.append(f"the first {n} of {len(images)} images shown")
@@ -80,6 +91,12 @@ def plot_projections(images: np.ndarray, projections: np.ndarray, path: str | os
         notes.append("under each projection its (rot, tilt, psi) in degrees")
     heading = "; ".join(x for x in [title, *notes] if x)
     if heading:
-        fig.suptitle(heading, fontsize=9)
+        fig.suptitle(heading, fontsize=9, y=1 - 0.08 / (height_in + 0.45), va="top")
     _save(fig, path)
     return fig
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """`image` scaled to [0, 1] from its lowest to its highest value (as imshow's grey scale)."""
+    low, high = float(image.min()), float(image.max())
+    return (image - low) / (high - low) if high > low else np.zeros_like(image)

@@ -76,12 +76,35 @@ def render_isosurface(volume: np.ndarray, level: float, views=tuple(VIEWS), *, u
     if upsample is None:
         upsample = int(np.clip(160 // max(volume.shape), 1, 4))
     if upsample > 1:
-        volume = ndimage.zoom(volume, upsample, order=3, mode="nearest")
+        volume, gradient = _zoom_with_gradient(volume, upsample, 3, 0.5 * upsample)
     elif max(volume.shape) > 192:  # the pictures are a few hundred pixels wide: large maps are thinned
-        volume = ndimage.zoom(volume, 160 / max(volume.shape), order=1, mode="nearest")
-    # gradient of a lightly smoothed map: the normal of the surface, pointing into the density
-    gradient = np.stack(np.gradient(ndimage.gaussian_filter(volume, 0.5 * upsample)))  # (3, z, y, x)
+        volume, gradient = _zoom_with_gradient(volume, 160 / max(volume.shape), 1, 0.5)
+    else:
+        volume, gradient = _zoom_with_gradient(volume, 1, 0, 0.5)
     return [_render_view(volume, gradient, level, view, np.asarray(color, dtype=float)) for view in views]
+
+
+def _zoom_with_gradient(volume: np.ndarray, factor: float, order: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """`ndimage.zoom(volume, factor, order=order, mode="nearest")` and the gradient (3, z, y, x) of
+    that map smoothed by a Gaussian of `sigma` voxels (`np.gradient(ndimage.gaussian_filter(...))`):
+    the normal of the surface, pointing into the density.
+
+    Zooming, smoothing and differencing each act along one axis at a time, so they are applied as
+    one (out, in) matrix per axis: the same maps as calling them on the zoomed volume, in a
+    fraction of the time (the cubic zoom of a 50-voxel map to 150 took over a second).
+    """
+    zooms = [ndimage.zoom(np.eye(n), (factor, 1), order=order, mode="nearest") for n in volume.shape]
+    smooths = [ndimage.gaussian_filter1d(np.eye(z.shape[0]), sigma, axis=0) @ z for z in zooms]
+    gradient = np.stack([_along_axes(volume, [np.gradient(s, axis=0) if a == axis else s for a, s in enumerate(smooths)])
+                         for axis in range(3)])
+    return _along_axes(volume, zooms), gradient
+
+
+def _along_axes(volume: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
+    """`volume` with `matrices[a]` (out, in) applied along each of its axes `a`."""
+    for axis, matrix in enumerate(matrices):
+        volume = np.moveaxis(np.tensordot(matrix, volume, axes=(1, axis)), 0, axis)
+    return volume
 
 
 def _render_view(volume: np.ndarray, gradient: np.ndarray, level: float, view: str, color: np.ndarray) -> np.ndarray:

@@ -7,15 +7,17 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from cryogmm.report.plots import _save, scale_bar
+from cryogmm.report.plots import _save, margins, scale_bar, whole_digits
 
 
 def plot_restarts(restart_traces: list[np.ndarray], best: int, refine_trace: np.ndarray, path: str | os.PathLike,
                   *, refine_burn_in: int | None = None, title: str = "") -> Figure:
     """Log-posterior per step of every initial-stage restart (the chosen one bold) and of the
     refinement (burn-in shaded)."""
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
+    fig = Figure(figsize=(10, 3.8))
+    label = 0.45 + 0.09 * max(whole_digits(t[1:]) for t in [*restart_traces, refine_trace])  # y labels, inches
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw=margins(fig, 2, left=label, right=0.15, bottom=0.5,
+                                                      top=0.65 if title else 0.3, wspace=label + 0.1))
     ax1.set_title(f"initial stage: {len(restart_traces)} independent restarts", fontsize=9)
     ax2.set_title(f"refinement of restart {best + 1}", fontsize=9)
     for i, trace in enumerate(restart_traces):

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from cryogmm.io.mrc import atomic_output
 from cryogmm.metrics.fsc import FSCCurve, resolution_at
+from cryogmm.report.plots import PNG_OPTIONS, margins
 
 
 def _format_resolution(resolution: float | None, curve: FSCCurve) -> str:
@@ -31,8 +32,8 @@ def plot_fsc(curves: dict[str, FSCCurve], path: str | os.PathLike, thresholds: t
         crosses them is marked and given in the legend.
     title : optional figure title
     """
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots(gridspec_kw=margins(fig, left=0.75, right=0.2, bottom=0.55, top=0.85 if title else 0.6))
     colors = [f"C{i}" for i in range(10)]
     x_max = 0.0
     for i, (label, curve) in enumerate(curves.items()):
@@ -68,4 +69,4 @@ def plot_fsc(curves: dict[str, FSCCurve], path: str | os.PathLike, thresholds: t
         fig.suptitle(title)
     FigureCanvasAgg(fig)
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", pil_kwargs=PNG_OPTIONS)

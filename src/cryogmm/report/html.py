@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from cryogmm.errors import InputError
 from cryogmm.io.mrc import atomic_output
 from cryogmm.io.runs import write_json
+from cryogmm.report.plots import PNG_OPTIONS, margins, whole_digits
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def find_run(path: str | os.PathLike) -> RunFiles:
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=100, pil_kwargs=PNG_OPTIONS)
     return buffer.getvalue()
 
 
@@ -200,20 +201,21 @@ def plot_viewing_directions(rot_in_degrees: np.ndarray, tilt_in_degrees: np.ndar
     number of images per equal-area cell."""
     longitude = np.radians((np.asarray(rot_in_degrees, dtype=float) + 180.0) % 360.0 - 180.0)
     latitude = np.radians(90.0 - np.asarray(tilt_in_degrees, dtype=float))
-    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
-    ax = fig.add_subplot(projection="mollweide")
-    if longitude.size <= 500:
+    fig = Figure(figsize=(7.5, 4.2))
+    many = longitude.size > 500
+    ax = fig.add_axes((0.07, 0.05, 0.74 if many else 0.86, 0.82), projection="mollweide")
+    if not many:
         ax.scatter(longitude, latitude, s=16, color="tab:blue", edgecolors="k", linewidths=0.3)
     else:
         lon_edges = np.linspace(-np.pi, np.pi, 49)
         lat_edges = np.arcsin(np.linspace(-1.0, 1.0, 25))  # equal-area bands
         counts, _, _ = np.histogram2d(longitude, latitude, bins=(lon_edges, lat_edges))
         mesh = ax.pcolormesh(lon_edges, lat_edges, counts.T, cmap="viridis", shading="flat")
-        fig.colorbar(mesh, ax=ax, shrink=0.7, label="images per cell (equal areas)")
+        fig.colorbar(mesh, cax=fig.add_axes((0.86, 0.2, 0.02, 0.6)), label="images per cell (equal areas)")
     ax.grid(alpha=0.4)
     ax.tick_params(labelsize=7)
     ax.set_title(title or f"viewing directions of {longitude.size} images (longitude rot, latitude 90° - tilt)",
-                 fontsize=9)
+                 fontsize=9, pad=12)  # above the 75° label
     return fig
 
 
@@ -224,8 +226,10 @@ def plot_refinement_traces(traces: dict) -> Figure:
               ("rotation_change_median_degrees", "median rotation change (°)"),
               ("shift_change_median_angstroms", "median shift change (Å)")]
     panels = [(key, label) for key, label in panels if len(traces.get(key) or []) > 1]
-    fig = Figure(figsize=(3.1 * max(len(panels), 1), 3.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, max(len(panels), 1)))
+    fig = Figure(figsize=(3.1 * max(len(panels), 1), 3.0))
+    label = 0.35 + 0.065 * whole_digits(traces.get("log_posterior", [])[1:])  # room for the y labels, inches
+    axes = np.atleast_1d(fig.subplots(1, max(len(panels), 1), gridspec_kw=margins(
+        fig, max(len(panels), 1), left=max(label, 0.75), right=0.1, bottom=0.45, top=0.3, wspace=0.75)))
     burn_in = traces.get("sampling_starts_at_step")
     warmup = traces.get("mixture_only_steps")
     for ax, (key, label) in zip(axes, panels):
@@ -264,8 +268,10 @@ def plot_iteration_traces(iterations: list[dict]) -> Figure | None:
         return None
     cols = min(4, len(keys))
     rows = int(np.ceil(len(keys) / cols))
-    fig = Figure(figsize=(3.0 * cols, 2.4 * rows + 0.3), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    fig = Figure(figsize=(3.0 * cols, 2.4 * rows + 0.3))
+    # tick labels of at most 7 characters at 7 pt (matplotlib writes larger numbers with an exponent)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False, gridspec_kw=margins(
+        fig, cols, rows, left=0.6, right=0.1, bottom=0.4, top=0.5, wspace=0.6, hspace=0.65))).ravel()
     x = np.array([r.get("iteration", i + 1) for i, r in enumerate(iterations)], dtype=float)
     for ax, key in zip(axes, keys):
         y = np.array([r.get(key) if isinstance(r.get(key), (int, float)) else np.nan for r in iterations], dtype=float)
@@ -282,8 +288,9 @@ def plot_iteration_traces(iterations: list[dict]) -> Figure | None:
 
 def _views_figure(pictures: list[tuple[str, np.ndarray]], title: str, *, extent=None, points=None,
                   cmap="gray", size=None) -> Figure:
-    fig = Figure(figsize=(3.3 * len(pictures), 3.5), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(pictures)))
+    fig = Figure(figsize=(3.3 * len(pictures), 3.5))
+    axes = np.atleast_1d(fig.subplots(1, len(pictures), gridspec_kw=margins(
+        fig, len(pictures), left=0.15, right=0.15, bottom=0.1, top=0.5, wspace=0.3)))
     for i, (ax, (name, picture)) in enumerate(zip(axes, pictures)):
         shown = picture if points is None else np.sqrt(np.clip(picture, 0, None))  # gamma: faint parts visible
         ax.imshow(shown, cmap=cmap, origin="lower", extent=None if extent is None else extent[i],

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from cryogmm.report.plots import _save, nice_length
+from cryogmm.report.plots import _save, margins, nice_length
 
 # (name, how to cut the [z, y, x] volume at the centre, horizontal and vertical axis)
 _SLICES = (("xy", lambda v, c: v[c[0]], "x", "y"),
@@ -41,8 +41,8 @@ def plot_central_slices(volume: np.ndarray, voxel_size_in_angstroms: float, path
         raise ValueError(f"a 3D map is needed, got shape {volume.shape}")
     centre = tuple(n // 2 for n in volume.shape)
     low, high = float(volume.min()), float(volume.max())
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 3, gridspec_kw=margins(fig, 3, left=0.65, right=1.2, bottom=0.55, top=0.7, wspace=0.7))
     sizes = {"x": volume.shape[2], "y": volume.shape[1], "z": volume.shape[0]}
     for ax, (name, cut, horizontal, vertical) in zip(axes, _SLICES):
         image = cut(volume, centre)
@@ -52,7 +52,9 @@ def plot_central_slices(volume: np.ndarray, voxel_size_in_angstroms: float, path
             _angstrom_ticks(axis, sizes[letter], voxel_size_in_angstroms)
             setter(f"{letter} (Å)")
         ax.tick_params(labelsize=7)
-    fig.colorbar(shown, ax=axes, shrink=0.8, label="map value")
+    bottom, top = axes[0].get_position().y0, axes[0].get_position().y1
+    colorbar = fig.add_axes((1 - 1.0 / 10, bottom + 0.1 * (top - bottom), 0.012, 0.8 * (top - bottom)))
+    fig.colorbar(shown, cax=colorbar, label="map value")
     fig.suptitle(title or "central slices", fontsize=10)
     _save(fig, path)
     return fig

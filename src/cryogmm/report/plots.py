@@ -9,9 +9,32 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
+# zlib level 1: a third of the time of the default (6) for PNGs 5-15% larger
+PNG_OPTIONS = {"compress_level": 1}
+
+
 def _save(fig: Figure, path: str | os.PathLike) -> None:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, pil_kwargs=PNG_OPTIONS)
+
+
+def margins(fig: Figure, ncols: int = 1, nrows: int = 1, *, left: float = 0.9, right: float = 0.2,
+            bottom: float = 0.55, top: float = 0.55, wspace: float = 0.9, hspace: float = 0.6) -> dict:
+    """`gridspec_kw` for a grid of `nrows` x `ncols` axes with these margins and gaps in inches: a
+    fixed layout (constrained layout measures every label, a tenth of a second or more a figure)."""
+    width, height = fig.get_size_inches()
+    axes_width = (width - left - right - (ncols - 1) * wspace) / ncols
+    axes_height = (height - bottom - top - (nrows - 1) * hspace) / nrows
+    return {"left": left / width, "right": 1 - right / width, "bottom": bottom / height, "top": 1 - top / height,
+            "wspace": wspace / axes_width, "hspace": hspace / axes_height}
+
+
+def whole_digits(values) -> int:
+    """Characters of the longest of `values` written as a whole number ("-2385000": 8), for the
+    room its tick labels need (1 without finite values)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return max((len(f"{v:.0f}") for v in (values.min(), values.max())), default=1) if values.size else 1
 
 
 def nice_length(limit: float) -> float:
@@ -39,9 +62,10 @@ def plot_trace(traces: dict, path: str | os.PathLike, *, burn_in: int | None = N
     log_posterior = np.asarray(traces["log_posterior"], dtype=float)
     sigma = np.asarray(traces.get("sigma_in_angstroms", []), dtype=float)
     steps = np.arange(log_posterior.size)
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
+    fig = Figure(figsize=(9, 3.6))
     start = 1 if log_posterior.size > 1 else 0  # the prior draw is far below everything else
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw=margins(fig, 2, left=0.45 + 0.09 * whole_digits(log_posterior[start:]),
+                                                      right=0.15, bottom=0.5, top=0.45 if title else 0.2, wspace=0.9))
     ax1.plot(steps[start:], log_posterior[start:], color="tab:blue", lw=1)
     ax1.set_xlabel("step")
     ax1.set_ylabel("log-posterior")

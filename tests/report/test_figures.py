@@ -20,15 +20,15 @@ def test_projections_say_how_many_are_shown_with_a_scale_bar_and_angles(tmp_path
     rng = np.random.default_rng(0)
     images = rng.random((25, 16, 16))
     angles = rng.uniform(-180, 180, (25, 3))
-    fig = plot_projections(images, images, tmp_path / "p.png", pixel_size_in_angstroms=4.0,
-                           angles_in_degrees=angles, max_images=12, title="x.mrcs")
-    texts = _texts(fig)
+    texts = plot_projections(images, images, tmp_path / "p.png", pixel_size_in_angstroms=4.0,
+                             angles_in_degrees=angles, max_images=12, title="x.mrcs")
     assert "x.mrcs; the first 12 of 25 images shown; under each projection its (rot, tilt, psi) in degrees" in texts
     assert "10 Å" in texts  # 30% of the 64 Å box (19.2 Å), rounded down to 1, 2 or 5 times a power of ten
     rot, tilt, psi = angles[11]
-    assert f"({rot:.0f}, {tilt:.0f}, {psi:.0f})" in texts
+    assert f"({rot:.0f}, {tilt:.0f}, {psi:.0f})" in texts and "12 input" in texts and "12 model" in texts
+    assert "13 input" not in texts
     everything = plot_projections(images[:5], images[:5], tmp_path / "q.png", title="all")
-    assert "all" in _texts(everything) and not any("shown" in t for t in _texts(everything))
+    assert "all" in everything and not any("shown" in t for t in everything)
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -43,14 +43,12 @@ def nice_length(limit: float) -> float:
     return float(max(f * power for f in (1.0, 2.0, 5.0) if f * power <= limit))
 
 
-def scale_bar(ax, pixel_size_in_angstroms: float, box: int, color: str = "white", *,
-              at: tuple[float, float] = (0.0, 0.0)) -> float:
+def scale_bar(ax, pixel_size_in_angstroms: float, box: int, color: str = "white") -> float:
     """A bar of a round length in Å (about a quarter of the box) in the lower left corner of an
-    image shown with `imshow(..., origin="lower")` in pixels, its first pixel's centre at `at`
-    in the axes' data coordinates; returns its length in Å."""
+    image shown with `imshow(..., origin="lower")` in pixels; returns its length in Å."""
     length = nice_length(0.3 * box * pixel_size_in_angstroms)
     pixels = length / pixel_size_in_angstroms
-    x0, y0 = at[0] + 0.06 * box, at[1] + 0.07 * box
+    x0, y0 = 0.06 * box, 0.07 * box
     ax.plot([x0, x0 + pixels], [y0, y0], color=color, lw=2.5, solid_capstyle="butt")
     ax.text(x0 + pixels / 2, y0 + 0.04 * box, f"{length:g} Å", color=color, ha="center", va="bottom", fontsize=6)
     return length

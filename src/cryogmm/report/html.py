@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from cryogmm.errors import InputError
 from cryogmm.io.mrc import atomic_output
 from cryogmm.io.runs import write_json
+from cryogmm.report.image_grid import Cell, image_grid
 from cryogmm.report.plots import PNG_OPTIONS, margins, whole_digits
 
 logger = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ def plot_refinement_traces(traces: dict) -> Figure:
             ax.axvspan(0, warmup, color="0.8", zorder=0)
         if "change" in key and np.nanmax(values) > 0:
             ax.set_yscale("symlog", linthresh=max(float(np.nanmin(values[values > 0], initial=1e-3)), 1e-3))
+            ax.yaxis.set_major_formatter("{x:g}")  # 0.01 rather than mathtext's 10^-2: a third of the time
         ax.set_xlabel("refinement step")
         ax.set_ylabel(label)
         if key == "log_posterior":
@@ -283,26 +285,6 @@ def plot_iteration_traces(iterations: list[dict]) -> Figure | None:
     for ax in axes[len(keys):]:
         ax.set_axis_off()
     fig.suptitle("per iteration", fontsize=9)
-    return fig
-
-
-def _views_figure(pictures: list[tuple[str, np.ndarray]], title: str, *, extent=None, points=None,
-                  cmap="gray", size=None) -> Figure:
-    fig = Figure(figsize=(3.3 * len(pictures), 3.5))
-    axes = np.atleast_1d(fig.subplots(1, len(pictures), gridspec_kw=margins(
-        fig, len(pictures), left=0.15, right=0.15, bottom=0.1, top=0.5, wspace=0.3)))
-    for i, (ax, (name, picture)) in enumerate(zip(axes, pictures)):
-        shown = picture if points is None else np.sqrt(np.clip(picture, 0, None))  # gamma: faint parts visible
-        ax.imshow(shown, cmap=cmap, origin="lower", extent=None if extent is None else extent[i],
-                  interpolation="bilinear")
-        if points is not None:
-            ax.scatter(points[i][0], points[i][1], s=size, color="tab:orange", alpha=0.7, linewidths=0)
-            ax.set_xlim(extent[i][0], extent[i][1])
-            ax.set_ylim(extent[i][2], extent[i][3])
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -348,24 +330,34 @@ def map_figures(volume: np.ndarray, voxel_size_in_angstroms: float, origin_in_an
         [window[2].start, window[1].start, window[0].start])
     out = []
     names = [f"{view} ({('x right, y up', 'x right, z up', 'y right, z up')[i]})" for i, view in enumerate(VIEWS)]
-    pictures = list(zip(names, render_isosurface(volume, level, tuple(VIEWS))))
+    cells = [Cell(picture, name) for name, picture in zip(names, render_isosurface(volume, level, tuple(VIEWS)))]
     width = volume.shape[0] * voxel_size_in_angstroms
-    out.append((_png(_views_figure(pictures, f"{name}: surface at level {level:.4g} (pictures {width:.0f} Å wide)",
-                                   cmap=None)),
+    out.append((_views_png(cells, f"{name}: surface at level {level:.4g} (pictures {width:.0f} Å wide)"),
                 f"{name}: shaded isosurface at level {level:.4g} (the level chimerax.cxc opens it at; the "
                 "voxels above it hold 80% of the map's positive mass), seen along z, y and x"))
     if atoms_in_angstroms is not None and len(atoms_in_angstroms):
         edges = projection_extent(volume.shape, voxel_size_in_angstroms, origin)
-        projections, points, extents = [], [], []
+        cells = []
         for view, axis, (a, b) in _PROJECTIONS:
-            projections.append((view, volume.sum(axis=axis)))
-            points.append((atoms_in_angstroms[:, a], atoms_in_angstroms[:, b]))
-            extents.append((edges[0, a], edges[1, a], edges[0, b], edges[1, b]))
-        fig = _views_figure(projections, f"{name}: projections with the {len(atoms_in_angstroms)} pseudo-atoms",
-                            extent=extents, points=points, size=float(np.clip(4000.0 / len(atoms_in_angstroms), 1.0, 12.0)))
-        out.append((_png(fig), f"Pseudo-atom centres (orange dots) over the projections of {name} along "
-                               "z, y and x"))
+            projection = volume.sum(axis=axis)
+            # the atoms in pixels of the projection from its lower left corner
+            x = (atoms_in_angstroms[:, a] - edges[0, a]) / voxel_size_in_angstroms
+            y = (atoms_in_angstroms[:, b] - edges[0, b]) / voxel_size_in_angstroms
+            cells.append(Cell(np.sqrt(np.clip(projection, 0, None)), view, points=np.stack([x, y])))  # gamma: faint parts
+        dots = float(np.sqrt(np.clip(4000.0 / len(atoms_in_angstroms), 1.0, 12.0)))  # across, in points
+        out.append((_views_png(cells, f"{name}: projections with the {len(atoms_in_angstroms)} pseudo-atoms",
+                               dot_points=dots),
+                    f"Pseudo-atom centres (orange dots) over the projections of {name} along z, y and x"))
     return out
+
+
+def _views_png(cells: list, heading: str, **options) -> bytes:
+    """Three views of a map side by side, 3 in wide each, as PNG."""
+    canvas, _ = image_grid(cells, len(cells), heading=heading, dpi=100, cell_inches=(3.3, 3.3), image_inches=3.0,
+                           title_points=9, smooth=True, frame=True, **options)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="png", **PNG_OPTIONS)
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------

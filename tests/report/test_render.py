@@ -8,7 +8,7 @@ import pytest
 
 from scipy import ndimage
 
-from cryogmm.report.render import VIEWS, _zoom_with_gradient, render_isosurface, surface_level
+from cryogmm.report.render import VIEWS, _gradient_at, _zoom_and_smooth, render_isosurface, surface_level
 
 N = 32
 
@@ -101,10 +101,17 @@ def test_a_large_map_is_drawn_at_160_pixels_with_its_blob_in_place():
 
 
 @pytest.mark.parametrize("shape, factor, order", [((12, 14, 10), 3, 3), ((20, 18, 20), 0.7, 1), ((9, 9, 9), 1, 0)])
-def test_zoom_by_axis_matrices_is_scipys_zoom_and_smoothed_gradient(shape, factor, order):
+def test_zoom_and_smoothing_by_axis_matrices_are_scipys(shape, factor, order):
     volume = ndimage.gaussian_filter(np.random.default_rng(0).random(shape), 1.5)
-    zoomed, gradient = _zoom_with_gradient(volume, factor, order, 0.8)
+    zoomed, smoothed = _zoom_and_smooth(volume, factor, order, 0.8)
     expected = ndimage.zoom(volume, factor, order=order, mode="nearest")
     np.testing.assert_allclose(zoomed, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
-    expected_gradient = np.stack(np.gradient(ndimage.gaussian_filter(expected, 0.8)))
-    np.testing.assert_allclose(gradient, expected_gradient, rtol=0, atol=1e-12 * np.abs(expected_gradient).max())
+    np.testing.assert_allclose(smoothed, ndimage.gaussian_filter(expected, 0.8), rtol=0,
+                               atol=1e-12 * np.abs(expected).max())
+
+
+def test_gradient_at_voxels_is_numpys_gradient_there():
+    volume = np.random.default_rng(1).random((5, 6, 7))
+    index = np.array([[0, 4, 2, 1], [0, 5, 3, 5], [6, 0, 3, 2]])  # corners, edges and inside
+    expected = np.stack(np.gradient(volume))[(slice(None), *index)]
+    np.testing.assert_allclose(_gradient_at(volume, index), expected, rtol=1e-14)

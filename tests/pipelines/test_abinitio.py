@@ -69,6 +69,19 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, phantom_images, limit):
     np.testing.assert_array_equal(resumed.refine_trace, reference.refine_trace)
 
 
+def test_refinement_on_cropped_images_gives_maps_on_the_input_grid(phantom_images, caplog):
+    """refine_box: the refinement samples on images Fourier-cropped to 16 px (9 Å/px), the maps and
+    translations stay on the input's 24 px at 6 Å/px."""
+    images, _ = phantom_images
+    with caplog.at_level("INFO", logger="cryogmm.pipelines.abinitio"):
+        result = run_abinitio(images, 6.0, AbinitioSettings(**{**TINY, "refine_box": 16}), seed=2)
+    assert "images of 16 px" in caplog.text.split("refinement:")[1].splitlines()[0]
+    assert result.posterior_mean.shape == (24, 24, 24) and result.final_map.volume.shape == (24, 24, 24)
+    assert abs(result.posterior_mean.sum() * 6.0**3 - 1.0) < 0.05  # a density integrating to one
+    with pytest.raises(ValueError, match="refine_box"):
+        AbinitioSettings(**{**TINY, "refine_box": 4})
+
+
 def test_same_seed_same_result_and_best_restart_has_highest_log_posterior(phantom_images):
     images, _ = phantom_images
     settings = AbinitioSettings(**TINY)

@@ -17,9 +17,9 @@ what remains negative to zero.
 
 Stages: several independent restarts of the initial stage (K = --components-initial on images
 downsampled to --initial-box, --initial-counts counts each, --rotations global rotations), ranked
-by log-posterior; then refinement of the best one (K = --components on the images at their input
-size, --counts counts each, rotations and translations sampled) and the posterior mean of the
-thinned samples after burn-in.
+by log-posterior; then refinement of the best one (K = --components on the images at --refine-box,
+by default their input size, --counts counts each, rotations and translations sampled) and the
+posterior mean of the thinned samples after burn-in.
 
 Outputs in DIR: map.mrc (on the input pixel size and box; rotation centre at voxel box//2, MRC
 origin 0 as RELION writes it): with the poisson model the pseudo-atom posterior mean
@@ -99,6 +99,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="image size in the initial stage (default 32, gaussian 24)")
     parser.add_argument("--initial-counts", type=int, default=1000, help="counts per image in the initial stage (default 1000)")
     parser.add_argument("--counts", type=int, default=10000, help="counts per image in the refinement (default 10000)")
+    parser.add_argument("--refine-box", type=int, default=None,
+                        help="image size in the refinement, Fourier-cropped from the input (default: the input size)")
     parser.add_argument("--rotations", type=int, default=1000, help="N_R, rotations of the global step (default 1000)")
     parser.add_argument("--cycles", type=int, default=None,
                         help="mixture/rotation alternations per restart (default 12, gaussian 20)")
@@ -178,6 +180,8 @@ def build_settings(args: argparse.Namespace):
     for option, value, low in checks:
         if value < low:
             raise InputError(f"{option} {value}: must be at least {low}")
+    if args.refine_box is not None and args.refine_box < 8:
+        raise InputError(f"--refine-box {args.refine_box}: must be at least 8 pixels")
     if args.counts > 10**8 or args.initial_counts > 10**8:
         raise InputError("--counts/--initial-counts: at most 1e8 counts per image")
     check_abinitio_memory(args)
@@ -203,7 +207,8 @@ def build_settings(args: argparse.Namespace):
     return AbinitioSettings(symmetry=args.symmetry, n_restarts=args.restarts,
                             n_components_initial=args.components_initial, initial_box=args.initial_box,
                             initial_counts=args.initial_counts, n_rotations=args.rotations, n_cycles=args.cycles,
-                            n_components=args.components, refine_counts=args.counts, refine_steps=args.refine_steps,
+                            n_components=args.components, refine_counts=args.counts, refine_box=args.refine_box,
+                            refine_steps=args.refine_steps,
                             refine_burn_in=args.burn_in, refine_thin=args.thin,
                             refine_translations=args.max_shift != 0, max_shift_in_angstroms=args.max_shift or None,
                             adaptive_stopping=not args.fixed_schedule, refine_stop_window=args.stop_window,

@@ -72,6 +72,7 @@ class AbinitioSettings:
     # refinement stage
     n_components: int = 1000
     refine_counts: int = 10000
+    refine_box: int | None = None  # image size in the refinement (Fourier-cropped); None: the input size
     refine_mixture_steps: int = 100
     refine_steps: int = 300
     refine_burn_in: int = 150
@@ -102,6 +103,8 @@ class AbinitioSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "symmetry", canonical_symmetry_name(self.symmetry))
+        if self.refine_box is not None and self.refine_box < 8:
+            raise ValueError(f"refine_box must be at least 8 pixels, got {self.refine_box}")
         if self.final_map not in FINAL_MAPS:
             raise ValueError(f"final_map must be one of {', '.join(FINAL_MAPS)}, got {self.final_map!r}")
         positive = ("n_restarts", "n_components_initial", "initial_box", "initial_counts", "n_rotations",
@@ -622,7 +625,8 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
     sampling steps whose every `refine_thin`-th state enters the posterior mean. Returns the
     fields of AbinitioResult it owns; sets timings["refinement_seconds"] (with the time before an
     interruption) and timings["resumed"] if a chain came from a checkpoint."""
-    data = images_to_counts(images, pixel_size_in_angstroms, images.shape[-1], settings.refine_counts)
+    box = images.shape[-1] if settings.refine_box is None else min(int(settings.refine_box), images.shape[-1])
+    data = images_to_counts(images, pixel_size_in_angstroms, box, settings.refine_counts)
     ops = symmetry_operators(settings.symmetry)
     prior = default_projection_prior(data)
     max_shift = settings.max_shift_in_angstroms

@@ -93,23 +93,26 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="K in the initial stage, whole particle (default 100, gaussian 50; K / |G| in the "
                              "asymmetric unit)")
     parser.add_argument("--components", type=int, default=None,
-                        help="K in the refinement, whole particle (default 1000, gaussian 500; K / |G| in the "
+                        help="K in the refinement, whole particle (default 300, gaussian 500; K / |G| in the "
                              "asymmetric unit)")
     parser.add_argument("--initial-box", type=int, default=None,
                         help="image size in the initial stage (default 32, gaussian 24)")
     parser.add_argument("--initial-counts", type=int, default=1000, help="counts per image in the initial stage (default 1000)")
-    parser.add_argument("--counts", type=int, default=10000, help="counts per image in the refinement (default 10000)")
+    parser.add_argument("--counts", type=int, default=None, help="counts per image in the refinement (default 3000)")
     parser.add_argument("--refine-box", type=int, default=None,
-                        help="image size in the refinement, Fourier-cropped from the input (default: the input size)")
+                        help="image size in the refinement, Fourier-cropped from the input (default 32, or the input "
+                             "size if smaller; 0: the input size). The thesis's refinement, slower and a little "
+                             "sharper: --components 1000 --counts 10000 --refine-box 0 --refine-steps 300 "
+                             "--burn-in 150 --thin 10")
     parser.add_argument("--rotations", type=int, default=1000, help="N_R, rotations of the global step (default 1000)")
     parser.add_argument("--cycles", type=int, default=None,
-                        help="mixture/rotation alternations per restart (default 12, gaussian 20)")
+                        help="mixture/rotation alternations per restart (default 8, gaussian 20)")
     parser.add_argument("--refine-steps", type=int, default=None,
-                        help="full Gibbs steps in the refinement (default 300, gaussian 120)")
+                        help="full Gibbs steps in the refinement (default 60, gaussian 120)")
     parser.add_argument("--burn-in", type=int, default=None,
-                        help="refinement steps before averaging (default 150, gaussian 60)")
+                        help="refinement steps before averaging (default 20, gaussian 60)")
     parser.add_argument("--thin", type=int, default=None,
-                        help="average every N-th sample after burn-in (default 10, gaussian 3)")
+                        help="average every N-th sample after burn-in (default 4, gaussian 3)")
     parser.add_argument("--fixed-schedule", action="store_true",
                         help="run every step of the schedule: no adaptive stopping (see --stop-window)")
     parser.add_argument("--stop-window", type=int, default=None, metavar="STEPS",
@@ -143,8 +146,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 # defaults of the options whose value depends on --noise-model (poisson, gaussian)
-MODEL_DEFAULTS = {"components_initial": (100, 50), "components": (1000, 500), "initial_box": (32, 24),
-                  "cycles": (12, 20), "refine_steps": (300, 120), "burn_in": (150, 60), "thin": (10, 3)}
+MODEL_DEFAULTS = {"components_initial": (100, 50), "components": (300, 500), "initial_box": (32, 24),
+                  "cycles": (8, 20), "refine_steps": (60, 120), "burn_in": (20, 60), "thin": (4, 3),
+                  "counts": (3000, 3000), "refine_box": (32, None)}
 NOISE_MODELS = ("poisson", "gaussian")
 
 
@@ -180,8 +184,10 @@ def build_settings(args: argparse.Namespace):
     for option, value, low in checks:
         if value < low:
             raise InputError(f"{option} {value}: must be at least {low}")
-    if args.refine_box is not None and args.refine_box < 8:
-        raise InputError(f"--refine-box {args.refine_box}: must be at least 8 pixels")
+    if gaussian and args.refine_box is not None:
+        raise InputError("--refine-box: the gaussian model refines on the images at their input size; leave it out")
+    if args.refine_box is not None and 0 < args.refine_box < 8 or (args.refine_box or 0) < 0:
+        raise InputError(f"--refine-box {args.refine_box}: must be at least 8 pixels (or 0: the input size)")
     if args.counts > 10**8 or args.initial_counts > 10**8:
         raise InputError("--counts/--initial-counts: at most 1e8 counts per image")
     check_abinitio_memory(args)
@@ -207,7 +213,8 @@ def build_settings(args: argparse.Namespace):
     return AbinitioSettings(symmetry=args.symmetry, n_restarts=args.restarts,
                             n_components_initial=args.components_initial, initial_box=args.initial_box,
                             initial_counts=args.initial_counts, n_rotations=args.rotations, n_cycles=args.cycles,
-                            n_components=args.components, refine_counts=args.counts, refine_box=args.refine_box,
+                            n_components=args.components, refine_counts=args.counts,
+                            refine_box=args.refine_box or None,
                             refine_steps=args.refine_steps,
                             refine_burn_in=args.burn_in, refine_thin=args.thin,
                             refine_translations=args.max_shift != 0, max_shift_in_angstroms=args.max_shift or None,

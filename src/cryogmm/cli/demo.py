@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
             log.info("phantom: %d atoms projected in %d random directions (%d px at %g Å/px, %g Å resolution)",
                      coordinates.shape[0], DEMO_IMAGES, DEMO_BOX, DEMO_PIXEL_SIZE_IN_ANGSTROMS,
                      DEMO_RESOLUTION_IN_ANGSTROMS)
-            settings = AbinitioSettings(n_restarts=2, n_components=500, refine_steps=200, refine_burn_in=100)
+            settings = AbinitioSettings(n_restarts=2, refine_box=None)  # the refinement on the 40 px images
             result = run_abinitio(images, DEMO_PIXEL_SIZE_IN_ANGSTROMS, settings, args.seed,
                                   jobs=min(2, os.cpu_count() or 1), progress=not args.quiet and sys.stderr.isatty())
             data = InputImages(images, DEMO_PIXEL_SIZE_IN_ANGSTROMS, names, folder / "images.mrcs")

@@ -11,7 +11,8 @@ between the global table's rotations (N_R = 1000 rotations are about 25 degrees 
 the restarts are ranked by their final log-posterior (3.4.3).
 
 Refinement stage: the best restart's rotations, a fresh mixture from the prior with more
-components (K = 1000), the images at their input size with more counts; first mixture-only steps,
+components (K = 300; the thesis uses 1000), the images Fourier-cropped to `refine_box` (32 px; the
+thesis uses the input size) with more counts (3000); first mixture-only steps,
 then the full Gibbs sampler (mixture, rotations and in-plane translations). After burn-in every
 `refine_thin`-th sample is evaluated on the output grid and averaged: the posterior mean map.
 
@@ -64,19 +65,21 @@ class AbinitioSettings:
     initial_box: int = 32
     initial_counts: int = 1000
     n_rotations: int = 1000
-    n_cycles: int = 12
+    n_cycles: int = 8
     mixture_steps: int = 20
     rotation_steps: int = 5
     local_spreads_in_degrees: tuple[float, ...] = (12.0, 6.0, 3.0)
     local_candidates: int = 50
     # refinement stage
-    n_components: int = 1000
-    refine_counts: int = 10000
-    refine_box: int | None = None  # image size in the refinement (Fourier-cropped); None: the input size
+    # (the thesis's refinement, slower and a little sharper: n_components 1000, refine_counts 10000,
+    # refine_box None, refine_steps 300, refine_burn_in 150, refine_thin 10; see benchmarks/README.md)
+    n_components: int = 300
+    refine_counts: int = 3000
+    refine_box: int | None = 32  # image size in the refinement (Fourier-cropped); None: the input size
     refine_mixture_steps: int = 100
-    refine_steps: int = 300
-    refine_burn_in: int = 150
-    refine_thin: int = 10
+    refine_steps: int = 60
+    refine_burn_in: int = 20
+    refine_thin: int = 4
     # basin searches during the burn-in, besides the one that starts the refinement
     refine_basin_searches: int = 1
     refine_translations: bool = True

@@ -76,7 +76,7 @@ class AbinitioSettings:
     n_components: int = 300
     refine_counts: int = 3000
     refine_box: int | None = 32  # image size in the refinement (Fourier-cropped); None: the input size
-    refine_mixture_steps: int = 100
+    refine_mixture_steps: int = 50
     refine_steps: int = 60
     refine_burn_in: int = 20
     refine_thin: int = 4

@@ -189,6 +189,9 @@ def test_bad_inputs_are_refused(tmp_path, images, capsys):
     _expect_refusal(capsys, ["abinitio", str(good), "--rotation-tolerance", "nan"], "--rotation-tolerance", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(good), "--stop-window", "6"], "at most half of --burn-in", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(good), "--refine-box", "4"], "--refine-box 4", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(good), "--refine-box", "-1"], "--refine-box -1", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(good), "--noise-model", "gaussian", "--refine-box", "32"],
+                    "gaussian model refines on the images at their input size", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(tmp_path / "missing.mrcs")], "missing.mrcs", tmp_path)
     (tmp_path / "Class2D").mkdir()
     _expect_refusal(capsys, ["abinitio", str(tmp_path / "Class2D")], "is a folder, not a file", tmp_path)

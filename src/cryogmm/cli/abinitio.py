@@ -98,11 +98,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial-box", type=int, default=None,
                         help="image size in the initial stage (default 32, gaussian 24)")
     parser.add_argument("--initial-counts", type=int, default=1000, help="counts per image in the initial stage (default 1000)")
-    parser.add_argument("--counts", type=int, default=None, help="counts per image in the refinement (default 3000)")
+    parser.add_argument("--counts", type=int, default=10000, help="counts per image in the refinement (default 10000)")
     parser.add_argument("--refine-box", type=int, default=None,
                         help="image size in the refinement, Fourier-cropped from the input (default 32, or the input "
                              "size if smaller; 0: the input size). The thesis's refinement, slower and a little "
-                             "sharper: --components 1000 --counts 10000 --refine-box 0 --refine-steps 300 "
+                             "sharper: --components 1000 --refine-box 0 --refine-steps 300 "
                              "--burn-in 150 --thin 10")
     parser.add_argument("--rotations", type=int, default=1000, help="N_R, rotations of the global step (default 1000)")
     parser.add_argument("--cycles", type=int, default=None,
@@ -148,7 +148,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 # defaults of the options whose value depends on --noise-model (poisson, gaussian)
 MODEL_DEFAULTS = {"components_initial": (100, 50), "components": (300, 500), "initial_box": (32, 24),
                   "cycles": (8, 20), "refine_steps": (60, 120), "burn_in": (20, 60), "thin": (4, 3),
-                  "counts": (3000, 3000), "refine_box": (32, None)}
+                  "refine_box": (32, None)}
 NOISE_MODELS = ("poisson", "gaussian")
 
 

@@ -12,7 +12,7 @@ the restarts are ranked by their final log-posterior (3.4.3).
 
 Refinement stage: the best restart's rotations, a fresh mixture from the prior with more
 components (K = 300; the thesis uses 1000), the images Fourier-cropped to `refine_box` (32 px; the
-thesis uses the input size) with more counts (3000); first mixture-only steps,
+thesis uses the input size) with more counts (10000); first mixture-only steps,
 then the full Gibbs sampler (mixture, rotations and in-plane translations). After burn-in every
 `refine_thin`-th sample is evaluated on the output grid and averaged: the posterior mean map.
 
@@ -71,10 +71,10 @@ class AbinitioSettings:
     local_spreads_in_degrees: tuple[float, ...] = (12.0, 6.0, 3.0)
     local_candidates: int = 50
     # refinement stage
-    # (the thesis's refinement, slower and a little sharper: n_components 1000, refine_counts 10000,
-    # refine_box None, refine_steps 300, refine_burn_in 150, refine_thin 10; see benchmarks/README.md)
+    # (the thesis's refinement, slower and a little sharper: n_components 1000, refine_box None,
+    # refine_steps 300, refine_burn_in 150, refine_thin 10; see benchmarks/README.md)
     n_components: int = 300
-    refine_counts: int = 3000
+    refine_counts: int = 10000
     refine_box: int | None = 32  # image size in the refinement (Fourier-cropped); None: the input size
     refine_mixture_steps: int = 50
     refine_steps: int = 60

@@ -17,9 +17,9 @@ what remains negative to zero.
 
 Stages: several independent restarts of the initial stage (K = --components-initial on images
 downsampled to --initial-box, --initial-counts counts each, --rotations global rotations), ranked
-by log-posterior; then refinement of the best one (K = --components on the images at --refine-box,
-by default their input size, --counts counts each, rotations and translations sampled) and the
-posterior mean of the thinned samples after burn-in.
+by log-posterior; then refinement of the best one (K = --components on the images Fourier-cropped
+to --refine-box, 32 px by default, --counts counts each, rotations and translations sampled) and
+the posterior mean of the thinned samples after burn-in.
 
 Outputs in DIR: map.mrc (on the input pixel size and box; rotation centre at voxel box//2, MRC
 origin 0 as RELION writes it): with the poisson model the pseudo-atom posterior mean
@@ -186,7 +186,7 @@ def build_settings(args: argparse.Namespace):
             raise InputError(f"{option} {value}: must be at least {low}")
     if gaussian and args.refine_box is not None:
         raise InputError("--refine-box: the gaussian model refines on the images at their input size; leave it out")
-    if args.refine_box is not None and 0 < args.refine_box < 8 or (args.refine_box or 0) < 0:
+    if args.refine_box is not None and (args.refine_box < 0 or 0 < args.refine_box < 8):
         raise InputError(f"--refine-box {args.refine_box}: must be at least 8 pixels (or 0: the input size)")
     if args.counts > 10**8 or args.initial_counts > 10**8:
         raise InputError("--counts/--initial-counts: at most 1e8 counts per image")

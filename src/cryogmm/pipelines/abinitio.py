@@ -628,7 +628,7 @@ def _refine(images, pixel_size_in_angstroms, settings: AbinitioSettings, seed_se
     sampling steps whose every `refine_thin`-th state enters the posterior mean. Returns the
     fields of AbinitioResult it owns; sets timings["refinement_seconds"] (with the time before an
     interruption) and timings["resumed"] if a chain came from a checkpoint."""
-    box = images.shape[-1] if settings.refine_box is None else min(int(settings.refine_box), images.shape[-1])
+    box = images.shape[-1] if settings.refine_box is None else settings.refine_box  # images_to_counts caps it at the input size
     data = images_to_counts(images, pixel_size_in_angstroms, box, settings.refine_counts)
     ops = symmetry_operators(settings.symmetry)
     prior = default_projection_prior(data)

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cryogmm.report.image_grid import Cell, write_image_grid
-from cryogmm.report.plots import _save, margins, whole_digits
+from cryogmm.report.plots import _save, margins, y_label_inches
 
 
 def plot_restarts(restart_traces: list[np.ndarray], best: int, refine_trace: np.ndarray, path: str | os.PathLike,
@@ -16,7 +16,7 @@ def plot_restarts(restart_traces: list[np.ndarray], best: int, refine_trace: np.
     """Log-posterior per step of every initial-stage restart (the chosen one bold) and of the
     refinement (burn-in shaded)."""
     fig = Figure(figsize=(10, 3.8))
-    label = 0.45 + 0.09 * max(whole_digits(t[1:]) for t in [*restart_traces, refine_trace])  # y labels, inches
+    label = max(y_label_inches(t[1:]) for t in [*restart_traces, refine_trace])
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw=margins(fig, 2, left=label, right=0.15, bottom=0.5,
                                                       top=0.65 if title else 0.3, wspace=label + 0.1))
     ax1.set_title(f"initial stage: {len(restart_traces)} independent restarts", fontsize=9)

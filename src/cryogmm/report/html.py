@@ -34,7 +34,7 @@ from cryogmm.errors import InputError
 from cryogmm.io.mrc import atomic_output
 from cryogmm.io.runs import write_json
 from cryogmm.report.image_grid import Cell, image_grid
-from cryogmm.report.plots import PNG_OPTIONS, margins, whole_digits
+from cryogmm.report.plots import PNG_OPTIONS, margins, y_label_inches
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def plot_refinement_traces(traces: dict) -> Figure:
               ("shift_change_median_angstroms", "median shift change (Å)")]
     panels = [(key, label) for key, label in panels if len(traces.get(key) or []) > 1]
     fig = Figure(figsize=(3.1 * max(len(panels), 1), 3.0))
-    label = 0.35 + 0.065 * whole_digits(traces.get("log_posterior", [])[1:])  # room for the y labels, inches
+    label = y_label_inches(traces.get("log_posterior", [])[1:], base=0.35, per_character=0.065)  # 7-point labels
     axes = np.atleast_1d(fig.subplots(1, max(len(panels), 1), gridspec_kw=margins(
         fig, max(len(panels), 1), left=max(label, 0.75), right=0.1, bottom=0.45, top=0.3, wspace=0.75)))
     burn_in = traces.get("sampling_starts_at_step")

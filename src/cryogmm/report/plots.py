@@ -37,6 +37,12 @@ def whole_digits(values) -> int:
     return max((len(f"{v:.0f}") for v in (values.min(), values.max())), default=1) if values.size else 1
 
 
+def y_label_inches(values, base: float = 0.45, per_character: float = 0.09) -> float:
+    """Left margin in inches for y tick labels of `values` (`whole_digits` characters) and the axis
+    label; `base` and `per_character` suit the 9-point labels of these figures."""
+    return base + per_character * whole_digits(values)
+
+
 def nice_length(limit: float) -> float:
     """The largest 1, 2 or 5 times a power of ten that is at most `limit` (> 0)."""
     power = 10.0 ** np.floor(np.log10(limit))
@@ -62,7 +68,7 @@ def plot_trace(traces: dict, path: str | os.PathLike, *, burn_in: int | None = N
     steps = np.arange(log_posterior.size)
     fig = Figure(figsize=(9, 3.6))
     start = 1 if log_posterior.size > 1 else 0  # the prior draw is far below everything else
-    ax1, ax2 = fig.subplots(1, 2, gridspec_kw=margins(fig, 2, left=0.45 + 0.09 * whole_digits(log_posterior[start:]),
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw=margins(fig, 2, left=y_label_inches(log_posterior[start:]),
                                                       right=0.15, bottom=0.5, top=0.45 if title else 0.2, wspace=0.9))
     ax1.plot(steps[start:], log_posterior[start:], color="tab:blue", lw=1)
     ax1.set_xlabel("step")

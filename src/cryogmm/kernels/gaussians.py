@@ -198,8 +198,9 @@ def _sweep(mode, rows, total, cumulative, next_value, next_index, end_index, uni
 
     mode 0: total += a_k g_jk.  mode 1: sample assignments against the sorted uniforms.
     mode 2: soft assignments with next_value holding y_j / total_j.
-    Only the span of each grid row between its first and last occupied point is visited
-    (`rows[iz, iy] = (first, last)`, first > last for an empty row).
+    Modes 1 and 2 visit only the span of each grid row between its first and last occupied point
+    (`rows[iz, iy] = (first, last)`, first > last for an empty row); mode 0 visits whole rows (its
+    totals off the spans are unused, and its loop vectorises only without the span's bounds).
     """
     nz, ny, nx = total.shape
     radius = cutoff_sigmas / math.sqrt(precision)
@@ -208,6 +209,7 @@ def _sweep(mode, rows, total, cumulative, next_value, next_index, end_index, uni
     ex = np.empty(n_max)
     ey = np.empty(n_max)
     ez = np.empty(n_max)
+    dx2 = np.empty(n_max)
     for k in range(means.shape[0]):
         mx, my, mz = means[k, 0], means[k, 1], means[k, 2]
         xlo, xhi = _axis_range(mx, radius, origin[0], spacing, nx)
@@ -218,6 +220,9 @@ def _sweep(mode, rows, total, cumulative, next_value, next_index, end_index, uni
         _axis_factors(mx, precision, origin[0], spacing, xlo, xhi, ex)
         _axis_factors(my, precision, origin[1], spacing, ylo, yhi, ey)
         _axis_factors(mz, precision, origin[2], spacing, zlo, zhi, ez)
+        for ix in range(xlo, xhi + 1):
+            dx = origin[0] + ix * spacing - mx
+            dx2[ix - xlo] = dx * dx
         nk = 0.0
         sx = 0.0
         sy = 0.0
@@ -231,20 +236,21 @@ def _sweep(mode, rows, total, cumulative, next_value, next_index, end_index, uni
                 rest = r2 - dz * dz - dy * dy
                 if rest < 0.0:
                     continue
-                half = math.sqrt(rest)
-                x0, x1 = _axis_range(mx, half, origin[0], spacing, nx)
-                x0 = max(x0, rows[iz, iy, 0])
-                x1 = min(x1, rows[iz, iy, 1])
+                # the row's points within the cut-off are those with dx^2 <= rest: a test per
+                # point costs less than a square root and two roundings per row
                 fzy = fz * ey[iy - ylo]
-                if mode == 0:
-                    row = total[iz, iy]
-                    for ix in range(x0, x1 + 1):
-                        row[ix] += fzy * ex[ix - xlo]
+                if mode == 0:  # the whole row within the cut-off (a loop that vectorises)
+                    for j in range(xhi - xlo + 1):
+                        total[iz, iy, xlo + j] += fzy * ex[j] if dx2[j] <= rest else 0.0
                     continue
+                x0 = max(xlo, rows[iz, iy, 0])
+                x1 = min(xhi, rows[iz, iy, 1])
                 dyz2 = dy * dy + dz * dz
                 values = next_value[iz, iy]
                 if mode == 2:
                     for ix in range(x0, x1 + 1):
+                        if dx2[ix - xlo] > rest:
+                            continue
                         w = fzy * ex[ix - xlo] * values[ix]
                         dx = origin[0] + ix * spacing - mx
                         nk += w
@@ -255,6 +261,8 @@ def _sweep(mode, rows, total, cumulative, next_value, next_index, end_index, uni
                     continue
                 cum = cumulative[iz, iy]
                 for ix in range(x0, x1 + 1):
+                    if dx2[ix - xlo] > rest:
+                        continue
                     c = cum[ix] + fzy * ex[ix - xlo]
                     cum[ix] = c
                     if values[ix] < c:  # this component takes one or more of the point's counts

@@ -13,7 +13,7 @@ import math
 import numba
 import numpy as np
 
-from cryogmm.kernels.gaussians import _sweep, binned_statistics_kernel
+from cryogmm.kernels.gaussians import _axis_factors, _axis_range, binned_statistics_kernel
 
 _NUMBA_OPTIONS = dict(nogil=True, cache=True)
 
@@ -60,6 +60,47 @@ def projected_statistics_kernel(counts, rows, means, amplitudes, precision, orig
     return n, s, q, log_likelihood, lost
 
 
+@numba.njit(fastmath=True, **_NUMBA_OPTIONS)
+def _render(means, amplitudes, precision, origin, spacing, cutoff_sigmas, out, ex, ey, dx2):
+    """Add sum_k amplitudes[k] exp(-precision/2 |v - means[k]|^2) to the image out (ny, nx), each
+    component at the pixels within `cutoff_sigmas` standard deviations of its mean (a disc).
+
+    means : (K, 3) (x, y, ignored); ex, ey, dx2 : scratch of at least 2 radius / spacing + 3.
+    The same sum as `evaluate_kernel` on a (1, ny, nx) grid, about three times faster on the
+    small discs of projected components (radius 4-6 pixels): a row's points within the disc are
+    found by a test per point, dx^2 <= rest, which the compiler vectorises, instead of a square
+    root and two roundings per row.
+    """
+    ny, nx = out.shape
+    radius = cutoff_sigmas / math.sqrt(precision)
+    r2 = radius * radius
+    for k in range(means.shape[0]):
+        mx, my = means[k, 0], means[k, 1]
+        xlo, xhi = _axis_range(mx, radius, origin[0], spacing, nx)
+        ylo, yhi = _axis_range(my, radius, origin[1], spacing, ny)
+        if xlo > xhi or ylo > yhi:
+            continue
+        _axis_factors(mx, precision, origin[0], spacing, xlo, xhi, ex)
+        _axis_factors(my, precision, origin[1], spacing, ylo, yhi, ey)
+        width = xhi - xlo + 1
+        for j in range(width):
+            dx = origin[0] + (xlo + j) * spacing - mx
+            dx2[j] = dx * dx
+        a = amplitudes[k]
+        for iy in range(ylo, yhi + 1):
+            dy = origin[1] + iy * spacing - my
+            rest = r2 - dy * dy
+            f = a * ey[iy - ylo]
+            for j in range(width):
+                out[iy, xlo + j] += f * ex[j] if dx2[j] <= rest else 0.0
+
+
+@numba.njit(**_NUMBA_OPTIONS)
+def _scratch(precision, spacing, cutoff_sigmas):
+    n_max = int(2 * cutoff_sigmas / math.sqrt(precision) / spacing) + 3
+    return np.empty(n_max), np.empty(n_max), np.empty(n_max)
+
+
 @numba.njit(**_NUMBA_OPTIONS)
 def projected_densities_kernel(means, amplitudes, precision, origin, spacing, cutoff_sigmas, out):
     """out[m] = sum_k amplitudes[k] exp(-precision/2 |v - means[m, k]|^2) on each image grid.
@@ -67,43 +108,43 @@ def projected_densities_kernel(means, amplitudes, precision, origin, spacing, cu
     means : (M, K, 3) projected means (x, y, 0); out : (M, ny, nx), zeroed here.
     """
     out[...] = 0.0
-    rows = np.empty((1, out.shape[1], 2), dtype=np.int64)  # every row in full, shared by all images
-    rows[:, :, 0] = 0
-    rows[:, :, 1] = out.shape[2] - 1
+    ex, ey, dx2 = _scratch(precision, spacing, cutoff_sigmas)
     for m in range(means.shape[0]):
-        image = out[m:m + 1]
-        _sweep(0, rows, image, image, image, image, image, np.empty(0), means[m], amplitudes, precision, origin,
-               spacing, cutoff_sigmas, np.empty(0), np.empty((0, 3)), np.empty(0))
+        _render(means[m], amplitudes, precision, origin, spacing, cutoff_sigmas, out[m], ex, ey, dx2)
 
 
 @numba.njit(parallel=True, **_NUMBA_OPTIONS)
-def candidate_log_likelihoods_kernel(counts, rows, means, amplitudes, precision, origin, spacing, cutoff_sigmas,
-                                     scale, floor, work):
+def candidate_log_likelihoods_kernel(counts, rows, means, rotations, translations, amplitudes, precision, origin,
+                                     spacing, cutoff_sigmas, scale, floor):
     """out[i, m] = sum_j y_ij log(scale h_im(v_j) + floor): each image's log-likelihood under each
     of its own candidate projections, summed over its occupied pixels only.
 
-    counts : (P, ny, nx) int32; rows : (P, ny, 2) from `occupied_rows(counts)`;
-    means : (P, M, K, 3) projected means (x, y, 0) of image i's candidate m;
-    h_im(v) = sum_k amplitudes[k] exp(-precision/2 |v - means[i, m, k]|^2) (cut off);
-    work : (P, 1, ny, nx) scratch. Images run in parallel threads.
+    counts : (P, ny, nx) int32; rows : (P, ny, 2) from `occupied_rows(counts)`; means : (K, 3) 3D
+    means; rotations : (P, M, 3, 3) image i's candidates R_im; translations : (P, M, 2);
+    h_im(v) = sum_k amplitudes[k] exp(-precision/2 |v - P(R_im mu_k) - t_im|^2) (cut off), with
+    P the projection on the first two coordinates. Images run in parallel threads.
     """
-    n_images, n_candidates = means.shape[0], means.shape[1]
-    ny = counts.shape[1]
+    n_images, n_candidates = rotations.shape[0], rotations.shape[1]
+    n_components = means.shape[0]
+    ny, nx = counts.shape[1], counts.shape[2]
     out = np.empty((n_images, n_candidates))
     for i in numba.prange(n_images):
-        image = work[i]
-        span = rows[i:i + 1]
+        image = np.empty((ny, nx))  # contiguous, so that _render's rows vectorise
+        projected = np.zeros((n_components, 3))
+        ex, ey, dx2 = _scratch(precision, spacing, cutoff_sigmas)
         for m in range(n_candidates):
-            for iy in range(ny):
-                for ix in range(span[0, iy, 0], span[0, iy, 1] + 1):
-                    image[0, iy, ix] = 0.0
-            _sweep(0, span, image, image, image, image, image, np.empty(0), means[i, m], amplitudes, precision,
-                   origin, spacing, cutoff_sigmas, np.empty(0), np.empty((0, 3)), np.empty(0))
+            r = rotations[i, m]
+            for k in range(n_components):
+                x, y, z = means[k, 0], means[k, 1], means[k, 2]
+                projected[k, 0] = r[0, 0] * x + r[0, 1] * y + r[0, 2] * z + translations[i, m, 0]
+                projected[k, 1] = r[1, 0] * x + r[1, 1] * y + r[1, 2] * z + translations[i, m, 1]
+            image[...] = 0.0
+            _render(projected, amplitudes, precision, origin, spacing, cutoff_sigmas, image, ex, ey, dx2)
             total = 0.0
             for iy in range(ny):
-                for ix in range(span[0, iy, 0], span[0, iy, 1] + 1):
+                for ix in range(rows[i, iy, 0], rows[i, iy, 1] + 1):
                     y = counts[i, iy, ix]
                     if y > 0:
-                        total += y * math.log(scale * image[0, iy, ix] + floor)
+                        total += y * math.log(scale * image[iy, ix] + floor)
             out[i, m] = total
     return out

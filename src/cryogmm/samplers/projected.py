@@ -365,19 +365,18 @@ def image_log_likelihoods(sampler: ProjectedGibbsSampler, mixture: GaussianMixtu
     background-padded projected density of the global table (`log_projected_densities`),
     evaluated on each image's occupied pixels only."""
     full = expand_symmetry(mixture, sampler.symmetry_operators)
-    p, m = rotations.shape[:2]
+    m = rotations.shape[1]
     translations = np.asarray(translations_in_angstroms, dtype=np.float64)
     if translations.ndim == 2:
         translations = np.repeat(translations[:, None], m, axis=1)
-    means = projected_means(full.means_in_angstroms, rotations.reshape(-1, 3, 3), translations.reshape(-1, 2))
     s = full.precision_per_square_angstrom
     grid = sampler.data.grid
     area = np.prod(grid.shape) * grid.spacing_in_angstroms**2
     eps = GLOBAL_BACKGROUND_WEIGHT
     return candidate_log_likelihoods_kernel(
-        sampler.data.counts, sampler._rows, means.reshape(p, m, -1, 3), full.weights * s / (2 * np.pi), float(s),
-        sampler._origin, sampler.data.pixel_size_in_angstroms, TABLE_CUTOFF_SIGMAS, 1.0 - eps, eps / area,
-        sampler._work[:, 0])
+        sampler.data.counts, sampler._rows, full.means_in_angstroms, np.ascontiguousarray(rotations, dtype=np.float64),
+        np.ascontiguousarray(translations), full.weights * s / (2 * np.pi), float(s), sampler._origin,
+        sampler.data.pixel_size_in_angstroms, TABLE_CUTOFF_SIGMAS, 1.0 - eps, eps / area)
 
 
 def _distinct_seeds(scores: np.ndarray, rotations: np.ndarray, current: np.ndarray, operators: np.ndarray,

@@ -1,5 +1,3 @@
-import sys
+from cryogmm.cli import run
 
-from cryogmm.cli import main
-
-sys.exit(main())
+run()

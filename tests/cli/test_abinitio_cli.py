@@ -192,6 +192,12 @@ def test_bad_inputs_are_refused(tmp_path, images, capsys):
     _expect_refusal(capsys, ["abinitio", str(good), "--refine-box", "-1"], "--refine-box -1", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(good), "--noise-model", "gaussian", "--refine-box", "32"],
                     "gaussian model refines on the images at their input size", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(good), "--screen-cycles", "2"], "--screen-cycles 2: must be at least 1 "
+                    "and below --cycles (2)", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(good), "--screen-cycles", "0"], "--screen-cycles 0", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(good), "--keep-restarts", "0"], "--keep-restarts 0", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(good), "--noise-model", "gaussian", "--keep-restarts", "1"],
+                    "the gaussian model runs every restart in full", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(tmp_path / "missing.mrcs")], "missing.mrcs", tmp_path)
     (tmp_path / "Class2D").mkdir()
     _expect_refusal(capsys, ["abinitio", str(tmp_path / "Class2D")], "is a folder, not a file", tmp_path)

@@ -7,7 +7,7 @@ import pytest
 
 from cryogmm.geometry.so3 import random_rotations
 from cryogmm.io.checkpoints import CheckpointFolder
-from cryogmm.pipelines.abinitio import AbinitioSettings, images_to_counts, run_abinitio
+from cryogmm.pipelines.abinitio import AbinitioSettings, images_to_counts, run_abinitio, run_restart
 from cryogmm.simulate.images import project_atoms
 from cryogmm.simulate.phantom import asymmetric_phantom
 
@@ -15,6 +15,8 @@ TINY = dict(n_restarts=2, n_components_initial=20, initial_box=16, initial_count
             n_cycles=2, mixture_steps=5, rotation_steps=2, local_candidates=10, n_components=40,
             refine_counts=2000, refine_mixture_steps=5, refine_steps=20, refine_burn_in=10, refine_thin=5,
             checkpoint_every=7)
+# three restarts screened after one cycle, the best two run on to three cycles
+SCREENED = {**TINY, "n_restarts": 3, "n_cycles": 3, "screen_cycles": 1, "restarts_kept": 2}
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +45,23 @@ class InterruptingCheckpoint(CheckpointFolder):
             raise Interrupt(name)
 
 
-@pytest.mark.parametrize("limit", [1, 4])
-def test_resume_gives_the_uninterrupted_result(tmp_path, phantom_images, limit):
+@pytest.mark.parametrize("limit, options", [(1, TINY), (4, TINY), (2, SCREENED), (4, SCREENED)])
+def test_resume_gives_the_uninterrupted_result(tmp_path, phantom_images, limit, options):
     images, _ = phantom_images
-    settings = AbinitioSettings(**TINY)
+    settings = AbinitioSettings(**options)
     reference = run_abinitio(images, 6.0, settings, seed=3)
     folder = InterruptingCheckpoint(tmp_path / "ckpt", limit)
     folder.start({"seed": 3}, resume=False)
     with pytest.raises(Interrupt):
         run_abinitio(images, 6.0, settings, seed=3, checkpoint=folder)
-    # limit 1: one restart saved; limit 4: both restarts, the initial stage's time and one
-    # refinement checkpoint
+    # TINY, limit 1: one restart saved; limit 4: both restarts, the initial stage's time and one
+    # refinement checkpoint. SCREENED, limit 2: two of three screened restarts; limit 4: all three
+    # screened and one of the two that go on finished
     resumed = run_abinitio(images, 6.0, settings, seed=3, checkpoint=CheckpointFolder(tmp_path / "ckpt"))
     # the timings cover the work done before the interruption too
     timings = resumed.timings
     assert timings["resumed"] and "resumed" not in reference.timings
-    assert timings["initial_stage_seconds"] >= max(r.seconds for r in resumed.restarts[:limit])
+    assert timings["initial_stage_seconds"] >= max(r.seconds for r in resumed.restarts[:min(limit, 2)])
     assert timings["total_seconds"] == pytest.approx(timings["initial_stage_seconds"] + timings["refinement_seconds"]
                                                      + timings["final_map_seconds"])
     assert resumed.best_restart == reference.best_restart
@@ -67,6 +70,37 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, phantom_images, limit):
     np.testing.assert_array_equal(resumed.rotations, reference.rotations)
     np.testing.assert_array_equal(resumed.posterior_mean, reference.posterior_mean)
     np.testing.assert_array_equal(resumed.refine_trace, reference.refine_trace)
+    assert [r.stop for r in resumed.restarts] == [r.stop for r in reference.restarts]
+
+
+def test_screening_keeps_the_best_restarts_and_continues_them_exactly(phantom_images):
+    images, _ = phantom_images
+    settings = AbinitioSettings(**SCREENED)
+    result = run_abinitio(images, 6.0, settings, seed=4)
+    assert result.stopping["initial_stage"]["rule"] == "screened"
+    # each restart after its one screening cycle, run alone with the seeds run_abinitio gives it
+    seeds = np.random.SeedSequence(4).spawn(settings.n_restarts + 1)
+    data = images_to_counts(images, 6.0, settings.initial_box, settings.initial_counts)
+    screened = [run_restart(i, seeds[i], data, settings, n_cycles=1) for i in range(3)]
+    order = np.argsort([-r.log_posterior for r in screened])
+    kept, dropped = sorted(order[:2]), int(order[2])
+    assert sorted(i - 1 for i in result.stopping["initial_stage"]["kept"]) == kept
+    out = result.restarts[dropped]
+    assert out.stop == {"rule": "screened_out", "step": 1, "rank": 3}
+    assert out.log_posterior == screened[dropped].log_posterior and len(out.trace) == len(screened[dropped].trace)
+    for i in kept:
+        # going on from the screened state is the same chain as three cycles straight through
+        straight = run_restart(i, seeds[i], data, settings)
+        assert result.restarts[i].stop["step"] == 3 and straight.stop == result.restarts[i].stop
+        np.testing.assert_array_equal(result.restarts[i].rotations, straight.rotations)
+        np.testing.assert_array_equal(result.restarts[i].trace, straight.trace)
+    assert result.best_restart == max(kept, key=lambda i: result.restarts[i].log_posterior)
+    # the same restarts, screened and continued in worker processes
+    parallel = run_abinitio(images, 6.0, settings, seed=4, jobs=2)
+    np.testing.assert_array_equal(parallel.posterior_mean, result.posterior_mean)
+    # the fixed schedule runs every restart in full
+    fixed = run_abinitio(images, 6.0, AbinitioSettings(**{**SCREENED, "adaptive_stopping": False}), seed=4)
+    assert [r.stop["step"] for r in fixed.restarts] == [3, 3, 3]
 
 
 def test_refinement_on_cropped_images_gives_maps_on_the_input_grid(phantom_images, caplog):

@@ -17,7 +17,7 @@ what remains negative to zero.
 
 Stages: several independent restarts of the initial stage (K = --components-initial on images
 downsampled to --initial-box, --initial-counts counts each, --rotations global rotations), ranked
-by log-posterior; then refinement of the best one (K = --components on the images Fourier-cropped
+by log-posterior (all run --screen-cycles cycles, the best --keep-restarts go on to --cycles); then refinement of the best one (K = --components on the images Fourier-cropped
 to --refine-box, 32 px by default, --counts counts each, rotations and translations sampled) and
 the posterior mean of the thinned samples after burn-in.
 
@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
 import logging
 import math
@@ -124,9 +125,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rotation-tolerance", type=float, default=1.0, metavar="DEGREES",
                         help="a restart ends when its cycle-mean rotations moved by at most this (median image) "
                              "over two cycles (default 1)")
-    parser.add_argument("--restart-agreement", type=float, default=10.0, metavar="DEGREES",
-                        help="the initial stage ends when two restarts place 90%% of the images within this of "
-                             "each other (default 10; restarts run two at a time)")
+    parser.add_argument("--screen-cycles", type=int, default=None, metavar="N",
+                        help="every restart runs N cycles, then only the --keep-restarts with the highest "
+                             "log-posterior go on (default 3; poisson model)")
+    parser.add_argument("--keep-restarts", type=int, default=None, metavar="N",
+                        help="restarts that go on after the screening (default 2; all: no screening)")
     parser.add_argument("--max-shift", type=float, default=None,
                         help="largest in-plane translation searched in Å (default 10%% of the box; 0 fixes them)")
     parser.add_argument("--clip-negatives", action="store_true",
@@ -148,7 +151,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 # defaults of the options whose value depends on --noise-model (poisson, gaussian)
 MODEL_DEFAULTS = {"components_initial": (100, 50), "components": (300, 500), "initial_box": (32, 24),
                   "cycles": (8, 20), "refine_steps": (60, 120), "burn_in": (20, 60), "thin": (4, 3),
-                  "refine_box": (32, None)}
+                  "refine_box": (32, None), "screen_cycles": (3, None), "keep_restarts": (2, None)}
 NOISE_MODELS = ("poisson", "gaussian")
 
 
@@ -173,6 +176,7 @@ def build_settings(args: argparse.Namespace):
     if args.ctf and args.prepare:
         raise InputError("--ctf and --prepare: choose one (--prepare deconvolves the CTF away)")
     args.temperatures = parse_temperatures(args.temperatures, gaussian)
+    screen_given = args.screen_cycles is not None
     for name, defaults in MODEL_DEFAULTS.items():
         if getattr(args, name) is None:  # resolved here, so that settings.json records the value used
             setattr(args, name, defaults[gaussian])
@@ -186,6 +190,14 @@ def build_settings(args: argparse.Namespace):
             raise InputError(f"{option} {value}: must be at least {low}")
     if gaussian and args.refine_box is not None:
         raise InputError("--refine-box: the gaussian model refines on the images at their input size; leave it out")
+    if gaussian and (args.screen_cycles is not None or args.keep_restarts is not None):
+        raise InputError("--screen-cycles/--keep-restarts: the gaussian model runs every restart in full; leave them out")
+    if not gaussian:
+        if args.screen_cycles < 1 or (screen_given and args.screen_cycles >= args.cycles):
+            raise InputError(f"--screen-cycles {args.screen_cycles}: must be at least 1 and below --cycles "
+                             f"({args.cycles})")
+        if args.keep_restarts < 1:
+            raise InputError(f"--keep-restarts {args.keep_restarts}: must be at least 1")
     if args.refine_box is not None and (args.refine_box < 0 or 0 < args.refine_box < 8):
         raise InputError(f"--refine-box {args.refine_box}: must be at least 8 pixels (or 0: the input size)")
     if args.counts > 10**8 or args.initial_counts > 10**8:
@@ -197,8 +209,7 @@ def build_settings(args: argparse.Namespace):
         raise InputError(f"--jobs {args.jobs}: must be at least 1")
     if args.max_shift is not None and (not math.isfinite(args.max_shift) or args.max_shift < 0):
         raise InputError(f"--max-shift {args.max_shift}: must be a non-negative number of Å")
-    for option, value in (("--stop-tolerance", args.stop_tolerance), ("--rotation-tolerance", args.rotation_tolerance),
-                          ("--restart-agreement", args.restart_agreement)):
+    for option, value in (("--stop-tolerance", args.stop_tolerance), ("--rotation-tolerance", args.rotation_tolerance)):
         if not math.isfinite(value) or value < 0:
             raise InputError(f"{option} {value}: must be a non-negative number")
     if args.stop_window is not None and not 2 <= args.stop_window <= args.burn_in // 2:
@@ -221,7 +232,7 @@ def build_settings(args: argparse.Namespace):
                             adaptive_stopping=not args.fixed_schedule, refine_stop_window=args.stop_window,
                             refine_stop_standard_errors=args.stop_tolerance,
                             initial_stop_tolerance_in_degrees=args.rotation_tolerance,
-                            restart_agreement_in_degrees=args.restart_agreement,
+                            screen_cycles=args.screen_cycles, restarts_kept=args.keep_restarts,
                             final_map=args.final_map.replace("-", "_"))
 
 
@@ -294,6 +305,17 @@ def _dask_map(address: str):
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryogmm.pipelines.workers import WorkerPool
+
+    # the restarts' processes start first and get ready (half a second each) while this one
+    # imports, checks and reads; bad input ends them again
+    jobs = args.jobs or min(os.cpu_count() or 1, args.restarts)
+    local_restarts = args.noise_model == "poisson" and not args.dask_scheduler and args.restarts > 1
+    with WorkerPool(min(jobs, args.restarts)) if local_restarts and jobs > 1 else contextlib.nullcontext() as pool:
+        return _main(args, jobs, pool)
+
+
+def _main(args: argparse.Namespace, jobs: int, pool) -> int:
     from cryogmm.cli import close_logging, setup_logging
     from cryogmm.cli.report import write_run_report
     from cryogmm.geometry.symmetry import canonical_symmetry_name
@@ -331,7 +353,6 @@ def main(args: argparse.Namespace) -> int:
                   "prepare": prepared.notes if prepared else None,
                   **settings_dict(settings)}
         checkpoints.start(record, resume=args.resume)
-        jobs = args.jobs or min(os.cpu_count() or 1, settings.n_restarts)
         map_restarts = _dask_map(args.dask_scheduler) if args.dask_scheduler else None
         with run as folder:
             setup_logging(folder / "run.log", verbose=args.verbose)
@@ -355,7 +376,8 @@ def main(args: argparse.Namespace) -> int:
                                                    ctf=ctf)
                 else:
                     result = run_abinitio(images, data.pixel_size_in_angstroms, settings, seed, jobs=jobs,
-                                          map_restarts=map_restarts, checkpoint=checkpoints, progress=progress)
+                                          map_restarts=map_restarts, checkpoint=checkpoints, progress=progress,
+                                          pool=pool)
             except KeyboardInterrupt:
                 raise KeyboardInterrupt(f"the checkpoints in {checkpoints.path} are kept: run the same command "
                                         "with --resume to continue") from None

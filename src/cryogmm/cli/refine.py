@@ -156,12 +156,11 @@ def _executor(args: argparse.Namespace):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from cryogmm.pipelines.abinitio import _init_worker
-
+        from cryogmm.pipelines.workers import init_worker
 
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         return ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads,))
+                                   initializer=init_worker, initargs=(threads,))
     return None
 
 
@@ -237,9 +236,9 @@ def main(args: argparse.Namespace) -> int:
                                    state=state, checkpoint=save, on_iteration=on_iteration)
             except KeyboardInterrupt:
                 if executor is not None and not hasattr(executor, "gather"):
-                    from cryogmm.pipelines.abinitio import _end_workers
+                    from cryogmm.pipelines.workers import end_workers
 
-                    _end_workers(executor)  # a process pool: end the workers now, not after their batches
+                    end_workers(executor)  # a process pool: end the workers now, not after their batches
                 done = checkpoints.load("state")
                 where = f"after iteration {int(rf.state_from_arrays(done).iteration)}" if done else "before iteration 1"
                 raise KeyboardInterrupt(f"the checkpoints in {checkpoints.path} ({where}) are kept: run the same "

@@ -8,7 +8,10 @@ rotation (sampling-importance-resampling, spreads 12, 6, 3 degrees), then local 
 matrix Fisher conditional. The thesis uses local Gibbs steps alone after the global step; they
 move a rotation by about a degree per step, so they need many steps to cover the 10-20 degrees
 between the global table's rotations (N_R = 1000 rotations are about 25 degrees apart). It is repeated from independent starts and
-the restarts are ranked by their final log-posterior (3.4.3).
+the restarts are ranked by their final log-posterior (3.4.3). With adaptive stopping the restarts
+are screened (successive halving): all run `screen_cycles` cycles, and only the `restarts_kept`
+with the highest log-posterior then run on to `n_cycles` (the ranking after three cycles already
+picks restarts that succeed: benchmarks/README.md).
 
 Refinement stage: the best restart's rotations, a fresh mixture from the prior with more
 components (K = 300; the thesis uses 1000), the images Fourier-cropped to `refine_box` (32 px; the
@@ -16,18 +19,15 @@ thesis uses the input size) with more counts (10000); first mixture-only steps,
 then the full Gibbs sampler (mixture, rotations and in-plane translations). After burn-in every
 `refine_thin`-th sample is evaluated on the output grid and averaged: the posterior mean map.
 
-Checkpoints: each finished restart and the refinement chain every `checkpoint_every` steps are
+Checkpoints: each screened and each finished restart and the refinement chain every `checkpoint_every` steps are
 handed to a `checkpoint` object (`load(name) -> dict | None`, `save(name, dict)`), with the
 random generator's state, so that a resumed run gives the same result as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -39,9 +39,9 @@ from cryogmm.errors import InputError
 from cryogmm.geometry.so3 import mean_rotation, rotation_angle_in_degrees
 from cryogmm.geometry.symmetry import asymmetric_unit_components, canonical_symmetry_name, symmetry_operators
 from cryogmm.grid import Grid
-from cryogmm.metrics.alignment import rotation_errors
 from cryogmm.mixture import GaussianMixture, evaluate
 from cryogmm.pipelines.final_map import FINAL_MAPS, FinalMap, choose_final_map
+from cryogmm.pipelines.workers import WorkerPool
 from cryogmm.preprocess.normalise import negative_part
 from cryogmm.preprocess.resample import fourier_crop
 from cryogmm.samplers.projected import (ImageCounts, ProjectedGibbsSampler, ProjectedState, basin_search,
@@ -89,18 +89,17 @@ class AbinitioSettings:
     # with the final poses, whichever the half-set FSCs say is sharper), "posterior_mean" or
     # "fourier_inversion"
     final_map: str = "auto"
-    # adaptive stopping (samplers.stopping): the step counts above are maxima. A restart ends when
-    # its cycle-mean rotations are stable (window of `initial_stop_window` cycles); the initial
-    # stage ends when two restarts agree (`restart_agreement_share` of the images within
-    # `restart_agreement_in_degrees` after the best global rotation; restarts run in batches of
-    # `restart_batch`); the warm-up and the burn-in of the refinement end when the log-posterior
-    # has reached its plateau (`refine_stop_window` steps, `refine_stop_standard_errors`).
+    # adaptive stopping (samplers.stopping): the step counts above are maxima. Every restart runs
+    # `screen_cycles` cycles, and only the `restarts_kept` best by log-posterior run on (successive
+    # halving); a restart ends when its cycle-mean rotations are stable (window of
+    # `initial_stop_window` cycles, counted after the screening); the warm-up and the burn-in of the
+    # refinement end when the log-posterior has reached its plateau (`refine_stop_window` steps,
+    # `refine_stop_standard_errors`).
     adaptive_stopping: bool = True
+    screen_cycles: int = 3
+    restarts_kept: int = 2
     initial_stop_window: int | None = None  # None: 2 cycles (no rule with fewer than 4 cycles)
     initial_stop_tolerance_in_degrees: float = 1.0
-    restart_batch: int = 2
-    restart_agreement_in_degrees: float = 10.0
-    restart_agreement_share: float = 0.9
     refine_stop_window: int | None = None  # None: 10 steps, at most a quarter of the stage's maximum
     refine_stop_standard_errors: float = 2.0
 
@@ -121,14 +120,13 @@ class AbinitioSettings:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.refine_burn_in >= self.refine_steps and self.refine_steps > 0:
             raise ValueError(f"refine_burn_in ({self.refine_burn_in}) must be below refine_steps ({self.refine_steps})")
-        for name in ("initial_stop_tolerance_in_degrees", "restart_agreement_in_degrees", "refine_stop_standard_errors"):
+        for name in ("initial_stop_tolerance_in_degrees", "refine_stop_standard_errors"):
             value = float(getattr(self, name))
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value}")
-        if not 0 < self.restart_agreement_share <= 1:
-            raise ValueError(f"restart_agreement_share must be in (0, 1], got {self.restart_agreement_share}")
-        if self.restart_batch < 1:
-            raise ValueError(f"restart_batch must be at least 1, got {self.restart_batch}")
+        for name in ("screen_cycles", "restarts_kept"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         # a rule compares two windows: one longer than half the stage could never fire
         if self.initial_stop_window is not None and not 2 <= self.initial_stop_window <= self.n_cycles // 2:
             raise ValueError(f"initial_stop_window {self.initial_stop_window}: must be at least 2 cycles and at "
@@ -136,6 +134,11 @@ class AbinitioSettings:
         if self.refine_stop_window is not None and not 2 <= self.refine_stop_window <= self.refine_burn_in // 2:
             raise ValueError(f"refine_stop_window {self.refine_stop_window}: must be at least 2 steps and at "
                              f"most half of refine_burn_in ({self.refine_burn_in})")
+
+    def screening(self) -> bool:
+        """Whether the restarts are screened after `screen_cycles` cycles (not when all are kept or
+        the screening would take every cycle)."""
+        return self.adaptive_stopping and self.restarts_kept < self.n_restarts and self.screen_cycles < self.n_cycles
 
     def cycle_window(self) -> int | None:
         """Window of the restarts' rotation rule in cycles (None: no rule)."""
@@ -162,6 +165,9 @@ class RestartResult:
     trace: np.ndarray  # log-posterior per step
     seconds: float
     stop: dict = field(default_factory=dict)  # which rule ended the restart, at which cycle
+    # where a screened restart goes on from: its last cycle and its generator
+    last_cycle: "_CycleState | None" = None
+    rng: np.random.Generator | None = None
 
 
 @dataclass(frozen=True)
@@ -262,12 +268,14 @@ class _InitialCycle:
 
 
 def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCounts,
-                settings: AbinitioSettings, progress: bool = False) -> RestartResult:
-    """One run of the initial stage (Fig. 3.16), at most `n_cycles` cycles, fewer when the cycle-mean
-    rotations are stable (`RotationsStable` over `cycle_window()` cycles); a top-level function so
-    that it can run in a worker process."""
+                settings: AbinitioSettings, progress: bool = False, *, n_cycles: int | None = None,
+                resume: RestartResult | None = None) -> RestartResult:
+    """One run of the initial stage (Fig. 3.16) up to `n_cycles` cycles in all (default
+    `settings.n_cycles`), fewer when the cycle-mean rotations are stable (`RotationsStable` over
+    `cycle_window()` cycles); from the prior, or on from a screened restart `resume` (its cycle
+    and generator). A top-level function so that it can run in a worker process."""
     start = time.perf_counter()
-    rng = np.random.default_rng(seed_sequence)
+    n_cycles = settings.n_cycles if n_cycles is None else n_cycles
     ops = symmetry_operators(settings.symmetry)
     prior = default_projection_prior(data)
     k = asymmetric_unit_components(settings.n_components_initial, settings.symmetry)
@@ -275,42 +283,58 @@ def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCo
                                             update_mixture=True, update_rotations=False)
     rotation_sampler = ProjectedGibbsSampler(data, k, prior, ops,
                                              update_mixture=False, update_rotations=True)
-    state = mixture_sampler.init(rng)
+    if resume is None:
+        rng = np.random.default_rng(seed_sequence)
+        state = mixture_sampler.init(rng)
+        first, done, before = _CycleState(state, state.rotations, np.zeros(0)), 0, 0.0
+        traces = []
+    else:
+        rng, first, done, before = resume.rng, resume.last_cycle, resume.stop["step"], resume.seconds
+        traces = [resume.trace[:-1]]  # its last entry, the final state's, is this chain's first
     window = settings.cycle_window()
     rules = [RotationsStable(window, settings.initial_stop_tolerance_in_degrees)] if window else []
-    traces = []
-    chain = run_chain(_InitialCycle(mixture_sampler, rotation_sampler, settings), rng,
-                      _CycleState(state, state.rotations, np.zeros(0)), settings.n_cycles,
+    chain = run_chain(_InitialCycle(mixture_sampler, rotation_sampler, settings), rng, first, n_cycles - done,
                       on_sample=lambda i, cycle: traces.append(cycle.trace), stopping=rules,
                       monitor=lambda cycle: cycle.mean_rotations, progress=progress, description=f"restart {index + 1}")
     final = chain.final_state
     log_posterior = float(chain.traces["log_posterior"][-1])
+    stop = {**chain.stop.as_dict(), "step": done + chain.stop.step}
     # the restart's orientations: the mean of the last cycle's rotation samples; the
     # log-posterior is that of the last state
     return RestartResult(index, log_posterior, final.state.mixture, final.mean_rotations,
-                         np.concatenate(traces + [[log_posterior]]), time.perf_counter() - start,
-                         chain.stop.as_dict())
+                         np.concatenate(traces + [[log_posterior]]), before + time.perf_counter() - start,
+                         stop, final, rng)
 
 
-def restarts_agree(a: RestartResult, b: RestartResult, settings: AbinitioSettings) -> float | None:
-    """The share of images whose rotations in restarts a and b agree within
-    `restart_agreement_in_degrees` after the best global rotation and hand (up to the symmetry),
-    if it reaches `restart_agreement_share`; else None."""
-    errors = rotation_errors(a.rotations, b.rotations, symmetry_operators(settings.symmetry)).errors_in_degrees
-    share = float(np.mean(errors <= settings.restart_agreement_in_degrees))
-    return share if share >= settings.restart_agreement_share else None
+def _screened_out(restart: RestartResult, rank: int) -> RestartResult:
+    """A screened restart that does not go on: its state after the screening, as its result."""
+    return RestartResult(restart.index, restart.log_posterior, restart.mixture, restart.rotations, restart.trace,
+                         restart.seconds, {"rule": "screened_out", "step": restart.stop["step"], "rank": rank})
 
 
 def _restart_to_dict(r: RestartResult) -> dict:
-    return {"index": np.array(r.index), "log_posterior": np.array(r.log_posterior), "rotations": r.rotations,
-            "trace": r.trace, "seconds": np.array(r.seconds), "stop": np.array(json.dumps(r.stop)),
-            **_mixture_arrays("mixture_", r.mixture)}
+    out = {"index": np.array(r.index), "log_posterior": np.array(r.log_posterior), "rotations": r.rotations,
+           "trace": r.trace, "seconds": np.array(r.seconds), "stop": np.array(json.dumps(r.stop)),
+           **_mixture_arrays("mixture_", r.mixture)}
+    if r.last_cycle is not None:  # a screened restart: what it goes on from
+        out.update({"rng": np.array(json.dumps(r.rng.bit_generator.state)),
+                    "last_rotations": r.last_cycle.state.rotations, "last_step": np.array(r.last_cycle.state.step),
+                    **_mixture_arrays("last_mixture_", r.last_cycle.state.mixture)})
+    return out
 
 
 def _restart_from_dict(d: dict) -> RestartResult:
+    last_cycle, rng = None, None
+    if "rng" in d:
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(str(d["rng"]))
+        rotations = np.asarray(d["last_rotations"])
+        state = ProjectedState(_mixture_from("last_mixture_", d), rotations, np.zeros((rotations.shape[0], 2)),
+                               int(d["last_step"]))
+        last_cycle = _CycleState(state, np.asarray(d["rotations"]), np.zeros(0))
     return RestartResult(int(d["index"]), float(d["log_posterior"]), _mixture_from("mixture_", d),
                          np.asarray(d["rotations"]), np.asarray(d["trace"]), float(d["seconds"]),
-                         json.loads(str(d["stop"])))
+                         json.loads(str(d["stop"])), last_cycle, rng)
 
 
 def default_max_shift_in_angstroms(data: ImageCounts) -> float:
@@ -320,7 +344,7 @@ def default_max_shift_in_angstroms(data: ImageCounts) -> float:
 
 def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: AbinitioSettings,
                  seed: int, *, jobs: int = 1, map_restarts: Callable | None = None, checkpoint=None,
-                 progress: bool = False) -> AbinitioResult:
+                 progress: bool = False, pool: WorkerPool | None = None) -> AbinitioResult:
     """The whole ab initio pipeline on non-negative square images `(P, n, n)`.
 
     Images with negative values are refused (InputError, `refuse_negative_images`), as the CLI
@@ -328,6 +352,8 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
     map_restarts : optional `map_restarts(function, indices)` that runs `function(i)` for each
         restart index (e.g. on a Dask cluster) and returns the results in order; otherwise
         restarts run in `jobs` local processes (1: in this process).
+    pool : optional `WorkerPool` started earlier by the caller (so that its processes are ready),
+        used instead of `jobs` new processes; the caller closes it.
     checkpoint : optional object with `load(name) -> dict | None` and `save(name, dict)`.
     """
     images = np.asarray(images, dtype=np.float64)
@@ -340,50 +366,57 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
                 "symmetry %s", settings.n_restarts, settings.n_components_initial, initial.n_images, initial.box,
                 initial.pixel_size_in_angstroms, settings.initial_counts, settings.n_rotations, settings.symmetry)
 
-    restarts: dict[int, RestartResult] = {}
+    restarts: dict[int, RestartResult] = {}  # finished
+    screened: dict[int, RestartResult] = {}  # after the screening cycles (with screening)
     # wall time spent before an interruption (from the checkpoints), so that a resumed run's
     # timings cover the whole run; the time after the last checkpoint is lost work, not counted
     before = 0.0
     if checkpoint is not None:
-        for i in range(settings.n_restarts):
-            saved = checkpoint.load(f"restart_{i}")
-            if saved is not None:
-                restarts[i] = _restart_from_dict(saved)
-                before = max(before, float(saved.get("stage_elapsed_seconds", 0.0)))
-        if restarts:
-            logger.info("resuming: %d of %d restarts already done", len(restarts), settings.n_restarts)
+        for name, found in (("restart", restarts), ("screen", screened)):
+            for i in range(settings.n_restarts):
+                saved = checkpoint.load(f"{name}_{i}")
+                if saved is not None:
+                    found[i] = _restart_from_dict(saved)
+                    before = max(before, float(saved.get("stage_elapsed_seconds", 0.0)))
+        if restarts or screened:
+            logger.info("resuming: %d of %d restarts already done%s", len(restarts), settings.n_restarts,
+                        f", {len(screened)} screened" if screened else "")
             timings["resumed"] = True
 
-    def finished(result: RestartResult) -> None:
-        restarts[result.index] = result
-        logger.info("restart %d: log-posterior %.6g (%.1f s, %d cycles: %s)", result.index + 1, result.log_posterior,
-                    result.seconds, result.stop.get("step", 0), result.stop.get("rule", ""))
+    def save(name: str, result: RestartResult) -> None:
         if checkpoint is not None:
-            checkpoint.save(f"restart_{result.index}", {
+            checkpoint.save(f"{name}_{result.index}", {
                 **_restart_to_dict(result), "stage_elapsed_seconds": np.array(before + time.perf_counter() - t0)})
 
-    # restarts run in batches (in parallel within a batch); after each batch, two restarts that
-    # agree end the initial stage. The batches do not depend on `jobs`, so neither does the result
     ran_any = False
-    agreement = None
-    with _RestartRunner(jobs, map_restarts, seeds, initial, settings, progress) as runner:
-        for first in range(0, settings.n_restarts, settings.restart_batch):
-            batch = [i for i in range(first, min(first + settings.restart_batch, settings.n_restarts))]
-            todo = [i for i in batch if i not in restarts]
-            if todo:
-                ran_any = True
-                for result in runner.run(todo):
-                    finished(result)
-            agreement = _agreement(restarts, settings) if settings.adaptive_stopping else None
-            if agreement is not None:
-                break
-    stage_stop = agreement or {"rule": "max_restarts", "restarts_run": len(restarts)}
-    if agreement is not None:
-        logger.info("restarts %d and %d agree (%.0f%% of the images within %.3g degrees): %d of %d restarts run",
-                    *agreement["restarts"], 100 * agreement["share"], settings.restart_agreement_in_degrees,
-                    len(restarts), settings.n_restarts)
-    ranked = sorted(restarts.values(), key=lambda r: -r.log_posterior)
-    best = ranked[0]
+    with _RestartRunner(jobs, map_restarts, seeds, initial, settings, progress, pool) as runner:
+        def run(todo, n_cycles, name, found, resume=None):
+            nonlocal ran_any
+            ran_any = ran_any or bool(todo)
+            for result in runner.run(todo, n_cycles, resume or {}):
+                found[result.index] = result
+                logger.info("restart %d: log-posterior %.6g (%.1f s, %d cycles: %s)", result.index + 1,
+                            result.log_posterior, result.seconds, result.stop["step"], result.stop["rule"])
+                save(name, result)
+
+        everyone = range(settings.n_restarts)
+        if settings.screening():
+            # successive halving: every restart runs the screening cycles, the best go on
+            run([i for i in everyone if i not in screened and i not in restarts], settings.screen_cycles, "screen",
+                screened)
+            ranked = sorted(screened, key=lambda i: -screened[i].log_posterior)
+            kept = ranked[:settings.restarts_kept]
+            logger.info("screened after %d cycles: restarts %s go on", settings.screen_cycles,
+                        ", ".join(str(i + 1) for i in kept))
+            run([i for i in kept if i not in restarts], settings.n_cycles, "restart", restarts, screened)
+            for rank, i in enumerate(ranked[settings.restarts_kept:], settings.restarts_kept + 1):
+                restarts[i] = _screened_out(screened[i], rank)
+            stage_stop = {"rule": "screened", "step": settings.screen_cycles, "kept": [i + 1 for i in kept],
+                          "restarts_run": settings.n_restarts}
+        else:
+            run([i for i in everyone if i not in restarts], settings.n_cycles, "restart", restarts)
+            stage_stop = {"rule": "max_restarts", "restarts_run": settings.n_restarts}
+    best = max((r for r in restarts.values() if r.stop["rule"] != "screened_out"), key=lambda r: r.log_posterior)
     if checkpoint is not None and ran_any:
         checkpoint.save("initial_stage", {"seconds": np.array(before + time.perf_counter() - t0)})
     saved_stage = checkpoint.load("initial_stage") if checkpoint is not None else None
@@ -408,71 +441,44 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
                           best_restart=best.index, timings=timings, **refine)
 
 
-def _agreement(restarts: dict, settings: AbinitioSettings) -> dict | None:
-    """The first pair of finished restarts that agree (`restarts_agree`), as a stopping record."""
-    done = sorted(restarts)
-    for j in done:
-        for i in done:
-            if i >= j:
-                break
-            share = restarts_agree(restarts[i], restarts[j], settings)
-            if share is not None:
-                return {"rule": "restarts_agree", "restarts": [i + 1, j + 1], "share": share,
-                        "restarts_run": len(done)}
-    return None
-
-
 class _RestartRunner:
-    """Runs restarts: with `map_restarts` (e.g. Dask), in a pool of `jobs` spawned processes
-    (created at the first batch that needs it, kept for the later ones), or in this process."""
+    """Runs restarts: with `map_restarts` (e.g. Dask), in a `WorkerPool` (the caller's `pool`, or
+    one of `jobs` processes started at the first round that needs it and kept for the next), or in
+    this process."""
 
-    def __init__(self, jobs, map_restarts, seeds, initial, settings, progress):
+    def __init__(self, jobs, map_restarts, seeds, initial, settings, progress, pool=None):
         self.jobs, self.map_restarts, self.seeds = jobs, map_restarts, seeds
         self.initial, self.settings, self.progress = initial, settings, progress
-        self.pool, self.saved_environment, self.broken = None, None, False
+        self.pool, self.own_pool, self.broken = pool, False, False
 
     def __enter__(self):
         return self
 
-    def _local(self, todo):
+    def _local(self, todo, n_cycles, resume):
         for i in todo:
-            yield run_restart(i, self.seeds[i], self.initial, self.settings, self.progress)
+            yield run_restart(i, self.seeds[i], self.initial, self.settings, self.progress, n_cycles=n_cycles,
+                              resume=resume.get(i))
 
-    def _start_pool(self):
-        import multiprocessing
-        import os
-        from concurrent.futures import ProcessPoolExecutor
-
-        workers = min(self.jobs, self.settings.restart_batch, self.settings.n_restarts)
-        # spawned, not forked: the parent's numba threads (OpenMP) do not survive a fork. The
-        # cores are shared out between the workers, BLAS included: its threads, read from the
-        # environment when a worker imports numpy, would otherwise spin against the other worker's
-        # (2.5 times slower restarts measured on 2 cores)
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        self.saved_environment = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
-        os.environ.update({name: str(threads) for name in _THREAD_VARIABLES})
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(threads,))
-
-    def run(self, todo):
-        """The results of restarts `todo`, as each finishes."""
+    def run(self, todo, n_cycles, resume):
+        """The results of restarts `todo` run to `n_cycles` cycles (on from `resume[i]` where given),
+        as each finishes."""
         if self.map_restarts is not None:
-            yield from self.map_restarts(lambda i: run_restart(i, self.seeds[i], self.initial, self.settings), todo)
+            yield from self.map_restarts(lambda i: run_restart(i, self.seeds[i], self.initial, self.settings,
+                                                               n_cycles=n_cycles, resume=resume.get(i)), todo)
             return
-        if self.jobs <= 1 or len(todo) <= 1 or self.broken or self.settings.restart_batch <= 1:
-            yield from self._local(todo)
+        if (self.pool is None and self.jobs <= 1) or len(todo) <= 1 or self.broken:
+            yield from self._local(todo, n_cycles, resume)
             return
         from concurrent.futures import as_completed
         from concurrent.futures.process import BrokenProcessPool
 
         if self.pool is None:
-            self._start_pool()
+            self.pool, self.own_pool = WorkerPool(min(self.jobs, self.settings.n_restarts)), True
         done = set()
         try:
             try:
-                with _sigint_ignored():  # the workers are started (spawned) by submit
-                    futures = [self.pool.submit(run_restart, i, self.seeds[i], self.initial, self.settings)
-                               for i in todo]
+                futures = [self.pool.submit(run_restart, i, self.seeds[i], self.initial, self.settings,
+                                            n_cycles=n_cycles, resume=resume.get(i)) for i in todo]
                 for future in tqdm(as_completed(futures), total=len(futures), desc="restarts",
                                    disable=not self.progress, leave=False, unit="restart"):
                     result = future.result()
@@ -483,9 +489,7 @@ class _RestartRunner:
                     raise
                 # Ctrl-C or a failed restart: end the other restarts now rather than wait for them
                 # (minutes); the finished ones are in the checkpoint
-                with _sigint_ignored():  # a second Ctrl-C must not break off the clean-up
-                    _end_workers(self.pool)
-                    self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool.end()
                 self.pool = None
                 raise
         except BrokenProcessPool:
@@ -493,70 +497,24 @@ class _RestartRunner:
             logger.warning("the restart processes could not start (a script that calls run_abinitio with jobs > 1 "
                            "must do so under `if __name__ == \"__main__\":`); running the restarts here instead")
             self.broken = True
-            self._close_pool()
-            yield from self._local([i for i in todo if i not in done])
-
-    def _close_pool(self):
-        import os
-
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
+            self.pool.end()
             self.pool = None
-        if self.saved_environment is not None:
-            for name, value in self.saved_environment.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            self.saved_environment = None
+            yield from self._local([i for i in todo if i not in done], n_cycles, resume)
 
     def __exit__(self, *exc):
-        self._close_pool()
+        if self.pool is not None and self.own_pool:
+            self.pool.close()
         return False
 
 
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def _init_worker(n_threads: int) -> None:
-    import numba
-
-    # Ctrl-C is for the main process, which ends the workers (a terminal sends SIGINT to all)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # tqdm's default lock is a multiprocessing lock, a named semaphore that a worker ended by
-    # SIGTERM could not release ("leaked semaphore objects"); a worker draws no bars
-    tqdm.set_lock(threading.RLock())
-    numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
-
-
-@contextlib.contextmanager
-def _sigint_ignored():
-    """SIGINT ignored in this process for the duration (main thread only; elsewhere a no-op).
-
-    Processes started meanwhile keep it ignored from their first instruction (an ignored signal
-    stays ignored across exec), so Ctrl-C cannot interrupt a spawned worker while it imports,
-    before `_init_worker` runs. A Ctrl-C that falls in these few milliseconds is lost.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _end_workers(pool) -> None:
-    """Terminate the worker processes of a ProcessPoolExecutor at once (SIGTERM); before Python
-    3.14 the executor offers this only through its private `_processes`."""
-    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
-    if terminate is not None:
-        terminate()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        if process.is_alive():
-            process.terminate()
+def warm_up() -> None:
+    """Load the restarts' compiled kernels (from numba's cache) with one tiny restart, so that a
+    worker started early (`WorkerPool`) is ready when the first restart arrives."""
+    images = np.zeros((2, 8, 8))
+    images[:, 2:6, 3:5] = 1.0
+    settings = AbinitioSettings(n_components_initial=2, n_rotations=4, n_cycles=1, mixture_steps=1, rotation_steps=1,
+                                local_spreads_in_degrees=(5.0,), local_candidates=2)
+    run_restart(0, np.random.SeedSequence(0), images_to_counts(images, 10.0, 8, 20), settings)
 
 
 def _state_arrays(state: ProjectedState) -> dict:

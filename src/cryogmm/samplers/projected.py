@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numba
 import numpy as np
 
 from cryogmm.geometry.so3 import random_rotations
@@ -314,7 +315,14 @@ def global_log_likelihoods(sampler: ProjectedGibbsSampler, mixture: GaussianMixt
     w = int(max_shift_in_pixels)
     offsets = -np.arange(-w, w + 1) % n  # corr[tau] = sum_x y(x) log h(x + tau): shift t is at tau = -t
     table = np.empty((p, rotations.shape[0], (2 * w + 1) ** 2))
-    counts_f = np.conj(np.fft.rfft2(counts)) if w > 0 else None
+    if w > 0:
+        # scipy's FFTs run on the numba threads' cores (numpy's on one): the inverse transforms of
+        # every (image, rotation) pair are most of the table's time. Imported here: the restarts'
+        # worker processes, which search no shifts, need not load scipy.fft
+        import scipy.fft
+
+        fft_workers = numba.get_num_threads()
+        counts_f = np.conj(scipy.fft.rfft2(counts, workers=fft_workers))
     for start in range(0, rotations.shape[0], chunk):
         stop = min(start + chunk, rotations.shape[0])
         log_h = log_projected_densities(full, rotations[start:stop], grid, TABLE_CUTOFF_SIGMAS)
@@ -322,8 +330,8 @@ def global_log_likelihoods(sampler: ProjectedGibbsSampler, mixture: GaussianMixt
             table[:, start:stop, 0] = counts.reshape(p, -1) @ log_h.reshape(stop - start, -1).T
             continue
         # score(tau) = sum_x y(x) log h(x - tau) = sum_u y(u + tau) log h(u)
-        log_f = np.fft.rfft2(log_h)
-        corr = np.fft.irfft2(counts_f[:, None] * log_f[None], s=(n, n))  # (P, C, n, n)
+        log_f = scipy.fft.rfft2(log_h, workers=fft_workers)
+        corr = scipy.fft.irfft2(counts_f[:, None] * log_f[None], s=(n, n), workers=fft_workers)  # (P, C, n, n)
         table[:, start:stop] = corr[:, :, offsets[:, None], offsets[None, :]].reshape(p, stop - start, -1)
     return table
 

@@ -1,3 +1,3 @@
-from cryogmm.cli import run
+from cryogmm.cli import console_main
 
-run()
+console_main()

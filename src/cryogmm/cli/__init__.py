@@ -112,7 +112,7 @@ EXIT_STATUS_OF_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 FULL_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def run() -> None:
+def console_main() -> None:
     """The console script (and `python -m cryogmm`): `main()`, then an immediate exit. The
     interpreter's own teardown, freeing every module and numba's compiled code, would take another
     0.2-0.3 s after the work is done; by then every file is closed, and the logs and the output

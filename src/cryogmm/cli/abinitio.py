@@ -127,7 +127,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "over two cycles (default 1)")
     parser.add_argument("--screen-cycles", type=int, default=None, metavar="N",
                         help="every restart runs N cycles, then only the --keep-restarts with the highest "
-                             "log-posterior go on (default 3; poisson model)")
+                             "log-posterior go on (default 5; poisson model)")
     parser.add_argument("--keep-restarts", type=int, default=None, metavar="N",
                         help="restarts that go on after the screening (default 2; all: no screening)")
     parser.add_argument("--max-shift", type=float, default=None,
@@ -151,7 +151,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 # defaults of the options whose value depends on --noise-model (poisson, gaussian)
 MODEL_DEFAULTS = {"components_initial": (100, 50), "components": (300, 500), "initial_box": (32, 24),
                   "cycles": (8, 20), "refine_steps": (60, 120), "burn_in": (20, 60), "thin": (4, 3),
-                  "refine_box": (32, None), "screen_cycles": (3, None), "keep_restarts": (2, None)}
+                  "refine_box": (32, None), "screen_cycles": (5, None), "keep_restarts": (2, None)}
 NOISE_MODELS = ("poisson", "gaussian")
 
 

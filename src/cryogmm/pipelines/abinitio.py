@@ -10,8 +10,8 @@ move a rotation by about a degree per step, so they need many steps to cover the
 between the global table's rotations (N_R = 1000 rotations are about 25 degrees apart). It is repeated from independent starts and
 the restarts are ranked by their final log-posterior (3.4.3). With adaptive stopping the restarts
 are screened (successive halving): all run `screen_cycles` cycles, and only the `restarts_kept`
-with the highest log-posterior then run on to `n_cycles` (the ranking after three cycles already
-picks restarts that succeed: benchmarks/README.md).
+with the highest log-posterior then run on to `n_cycles` (after five cycles the ranking nearly
+always keeps a restart that succeeds; after three it often does not: benchmarks/README.md).
 
 Refinement stage: the best restart's rotations, a fresh mixture from the prior with more
 components (K = 300; the thesis uses 1000), the images Fourier-cropped to `refine_box` (32 px; the
@@ -96,7 +96,7 @@ class AbinitioSettings:
     # refinement end when the log-posterior has reached its plateau (`refine_stop_window` steps,
     # `refine_stop_standard_errors`).
     adaptive_stopping: bool = True
-    screen_cycles: int = 3
+    screen_cycles: int = 5
     restarts_kept: int = 2
     initial_stop_window: int | None = None  # None: 2 cycles (no rule with fewer than 4 cycles)
     initial_stop_tolerance_in_degrees: float = 1.0

@@ -164,11 +164,12 @@ def build_settings(args: argparse.Namespace):
     if args.ctf and not gaussian:
         raise InputError("--ctf: the CTF enters the model only with --noise-model gaussian; the poisson model "
                          "takes deconvolved images (--prepare)")
-    from cryogmm.pipelines.abinitio_gaussian import CTF_INITIAL_STAGES
+    if gaussian or args.ctf_initial_stage != "deconvolved":  # the default needs no check (nor scipy.optimize)
+        from cryogmm.pipelines.abinitio_gaussian import CTF_INITIAL_STAGES
 
-    if args.ctf_initial_stage not in CTF_INITIAL_STAGES:
-        raise InputError(f"--ctf-initial-stage {args.ctf_initial_stage}: unknown; choose "
-                         f"{' or '.join(CTF_INITIAL_STAGES)}")
+        if args.ctf_initial_stage not in CTF_INITIAL_STAGES:
+            raise InputError(f"--ctf-initial-stage {args.ctf_initial_stage}: unknown; choose "
+                             f"{' or '.join(CTF_INITIAL_STAGES)}")
     if args.final_map not in ("auto", "posterior-mean", "fourier-inversion"):
         raise InputError(f"--final-map {args.final_map}: unknown; choose auto, posterior-mean or fourier-inversion")
     if gaussian and args.final_map != "auto":

@@ -49,7 +49,6 @@ from cryogmm.samplers.projected import (ImageCounts, ProjectedGibbsSampler, Proj
                                         local_rotation_search)
 from cryogmm.samplers.driver import ChainCheckpoint, run_chain
 from cryogmm.samplers.stopping import LogPosteriorPlateau, RotationsStable
-from cryogmm.simulate.discretise import discretise
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +198,10 @@ class AbinitioResult:
 def images_to_counts(images: np.ndarray, pixel_size_in_angstroms: float, box: int, n_counts: int) -> ImageCounts:
     """Downsample (Fourier crop) non-negative images to `box` and discretise each to `n_counts`
     (Eqn. 2.52). Negative ringing from the cropping is set to zero."""
+    # imported here: the cryogmm.simulate package loads scipy.ndimage (0.1 s), which the restarts'
+    # worker processes, importing this module, need not
+    from cryogmm.simulate.discretise import discretise
+
     n = images.shape[-1]
     box = min(int(box), n)
     small = fourier_crop(images, box) if box < n else np.asarray(images, dtype=np.float64)
@@ -510,11 +513,11 @@ class _RestartRunner:
 def warm_up() -> None:
     """Load the restarts' compiled kernels (from numba's cache) with one tiny restart, so that a
     worker started early (`WorkerPool`) is ready when the first restart arrives."""
-    images = np.zeros((2, 8, 8))
-    images[:, 2:6, 3:5] = 1.0
+    counts = np.zeros((2, 8, 8), dtype=np.int32)
+    counts[:, 2:6, 3:5] = 3
     settings = AbinitioSettings(n_components_initial=2, n_rotations=4, n_cycles=1, mixture_steps=1, rotation_steps=1,
                                 local_spreads_in_degrees=(5.0,), local_candidates=2)
-    run_restart(0, np.random.SeedSequence(0), images_to_counts(images, 10.0, 8, 20), settings)
+    run_restart(0, np.random.SeedSequence(0), ImageCounts(counts, 10.0), settings)
 
 
 def _state_arrays(state: ProjectedState) -> dict:

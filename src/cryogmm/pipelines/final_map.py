@@ -29,8 +29,6 @@ import numpy as np
 
 from cryogmm.geometry.symmetry import symmetry_operators
 from cryogmm.metrics.fsc import FSCCurve, fourier_shell_correlation, resolution_at
-from cryogmm.reconstruction.fourier_inversion import fourier_inversion
-from cryogmm.reconstruction.postprocess import sharpen
 
 FINAL_MAPS = ("auto", "posterior_mean", "fourier_inversion")
 
@@ -57,6 +55,8 @@ def invert_with_symmetry(images, rotations, shifts_in_angstroms, pixel_size_in_a
         rotations = np.einsum("pij,gjk->pgik", rotations, ops).reshape(-1, 3, 3)
         images = np.repeat(images, g, axis=0)
         shifts = np.repeat(shifts, g, axis=0)
+    from cryogmm.reconstruction.fourier_inversion import fourier_inversion  # here: scipy.ndimage is slow to import
+
     return fourier_inversion(images, rotations, shifts, pixel_size_in_angstroms, dtype=np.float64)
 
 
@@ -77,6 +77,8 @@ def choose_final_map(images, pixel_size_in_angstroms: float, rotations, shifts_i
     """map.mrc of a run: `rule` "auto" chooses between the scaled `posterior_mean` (a density
     integrating to one) and the direct inversion with the final poses as the module docstring
     says; "posterior_mean" or "fourier_inversion" take that one (the figures are still computed)."""
+    from cryogmm.reconstruction.postprocess import sharpen  # here: scipy.ndimage is slow to import
+
     if rule not in FINAL_MAPS:
         raise ValueError(f"final map rule must be one of {', '.join(FINAL_MAPS)}, got {rule!r}")
     images = np.asarray(images, dtype=np.float64)

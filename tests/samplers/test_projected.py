@@ -11,6 +11,7 @@ pooling the hand-built back-projection.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from scipy import stats
@@ -467,6 +468,27 @@ def test_sampler_contract(simulated, blocks):
     assert (new.mixture is state.mixture) == (not update_mixture)
     assert np.array_equal(new.rotations, state.rotations) == (not update_rotations)
     assert np.array_equal(new.translations_in_angstroms, state.translations_in_angstroms) == (not update_translations)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads (NUMBA_NUM_THREADS)")
+def test_steps_and_candidates_do_not_depend_on_the_number_of_threads(simulated):
+    # over_images splits the images between threads; each image has its own draws and scratch
+    mixture, rotations, data = simulated
+    sampler = ProjectedGibbsSampler(data, 6, default_projection_prior(data), update_translations=True)
+    state = sampler.init(np.random.default_rng(0))
+    candidates = np.repeat(rotations[:, None], 3, axis=1) @ random_rotations(np.random.default_rng(2), 3)[None]
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            new, info = sampler.step(np.random.default_rng(1), state)
+            results.append((new.rotations, new.mixture.means_in_angstroms, info["log_posterior"],
+                            image_log_likelihoods(sampler, mixture, candidates, np.zeros((N_IMAGES, 2)))))
+    finally:
+        numba.set_num_threads(before)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
 
 
 def test_sampler_rejects_bad_settings(simulated):

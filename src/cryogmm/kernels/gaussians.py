@@ -60,12 +60,7 @@ def evaluate_kernel(means, amplitudes, precision, origin, spacing, cutoff_sigmas
     means : (K, 3) float64, (x, y, z) in Å; amplitudes : (K,); origin : (3,) (x, y, z) of index 0;
     out : (nz, ny, nx) float32 or float64.
     """
-    nz, ny, nx = out.shape
-    rows = np.empty((nz, ny, 2), dtype=np.int64)
-    rows[:, :, 0] = 0
-    rows[:, :, 1] = nx - 1
-    _sweep(0, rows, out, out, out, out, out, np.empty(0), means, amplitudes, precision, origin,
-           spacing, cutoff_sigmas, np.empty(0), np.empty((0, 3)), np.empty(0))
+    _sweep_total(out, means, amplitudes, precision, origin, spacing, cutoff_sigmas)
 
 
 @numba.njit(**_NUMBA_OPTIONS)
@@ -96,8 +91,7 @@ def binned_statistics_kernel(
     n_components = means.shape[0]
     total = work[0]
     total[...] = 0.0
-    _sweep(0, rows, total, total, total, total, total, np.empty(0), means, amplitudes, precision,
-           origin, spacing, cutoff_sigmas, np.empty(0), np.empty((0, 3)), np.empty(0))
+    _sweep_total(total, means, amplitudes, precision, origin, spacing, cutoff_sigmas)
     flat_counts = counts.ravel()
     flat_total = total.ravel()
     n_total = 0
@@ -151,7 +145,7 @@ def binned_statistics_kernel(
     q_k = np.zeros(n_components)
     cumulative = work[4]
     cumulative[...] = 0.0
-    _sweep(1 if sample else 2, rows, total, cumulative, next_value, next_index, end_index, uniforms,
+    _sweep(sample, rows, cumulative, next_value, next_index, end_index, uniforms,
            means, amplitudes, precision, origin, spacing, cutoff_sigmas, n_k, s_k, q_k)
     if sample:
         # counts left past the last component's running sum (rounding; should not happen)
@@ -192,17 +186,57 @@ def occupied_rows(counts):
 
 
 @numba.njit(fastmath=True, **_NUMBA_OPTIONS)
-def _sweep(mode, rows, total, cumulative, next_value, next_index, end_index, uniforms, means, amplitudes,
-           precision, origin, spacing, cutoff_sigmas, n_k, s_k, q_k):
-    """Visit every (component, grid point within the cut-off) pair once, in component order.
-
-    mode 0: total += a_k g_jk.  mode 1: sample assignments against the sorted uniforms.
-    mode 2: soft assignments with next_value holding y_j / total_j.
-    Modes 1 and 2 visit only the span of each grid row between its first and last occupied point
-    (`rows[iz, iy] = (first, last)`, first > last for an empty row); mode 0 visits whole rows (its
-    totals off the spans are unused, and its loop vectorises only without the span's bounds).
-    """
+def _sweep_total(total, means, amplitudes, precision, origin, spacing, cutoff_sigmas):
+    """total += a_k g_jk for every (component, grid point within the cut-off) pair: whole rows,
+    each point tested by dx^2 <= rest (cheaper than a square root and two roundings per row, and
+    a loop that vectorises)."""
     nz, ny, nx = total.shape
+    radius = cutoff_sigmas / math.sqrt(precision)
+    r2 = radius * radius
+    n_max = int(2 * radius / spacing) + 3
+    ex = np.empty(n_max)
+    ey = np.empty(n_max)
+    ez = np.empty(n_max)
+    dx2 = np.empty(n_max)
+    for k in range(means.shape[0]):
+        mx, my, mz = means[k, 0], means[k, 1], means[k, 2]
+        xlo, xhi = _axis_range(mx, radius, origin[0], spacing, nx)
+        ylo, yhi = _axis_range(my, radius, origin[1], spacing, ny)
+        zlo, zhi = _axis_range(mz, radius, origin[2], spacing, nz)
+        if xlo > xhi or ylo > yhi or zlo > zhi:
+            continue
+        _axis_factors(mx, precision, origin[0], spacing, xlo, xhi, ex)
+        _axis_factors(my, precision, origin[1], spacing, ylo, yhi, ey)
+        _axis_factors(mz, precision, origin[2], spacing, zlo, zhi, ez)
+        for j in range(xhi - xlo + 1):
+            dx = origin[0] + (xlo + j) * spacing - mx
+            dx2[j] = dx * dx
+        for iz in range(zlo, zhi + 1):
+            dz = origin[2] + iz * spacing - mz
+            fz = amplitudes[k] * ez[iz - zlo]
+            for iy in range(ylo, yhi + 1):
+                dy = origin[1] + iy * spacing - my
+                rest = r2 - dz * dz - dy * dy
+                if rest < 0.0:
+                    continue
+                fzy = fz * ey[iy - ylo]
+                for j in range(xhi - xlo + 1):
+                    total[iz, iy, xlo + j] += fzy * ex[j] if dx2[j] <= rest else 0.0
+
+
+@numba.njit(fastmath=True, **_NUMBA_OPTIONS)
+def _sweep(sample, rows, cumulative, next_value, next_index, end_index, uniforms, means, amplitudes,
+           precision, origin, spacing, cutoff_sigmas, n_k, s_k, q_k):
+    """Assign the counts: visit every (component, grid point within the cut-off) pair once, in
+    component order, and sum each component's statistics into n_k, s_k, q_k.
+
+    sample: draw the assignments against the sorted uniforms (next_value, next_index, end_index);
+    else soft assignments with next_value holding y_j / total_j. Only the span of each grid row
+    between its first and last occupied point is visited (`rows[iz, iy] = (first, last)`,
+    first > last for an empty row). The totals are `_sweep_total`'s (a separate function: the
+    compiler then builds each loop only where it is used).
+    """
+    nz, ny, nx = next_value.shape
     radius = cutoff_sigmas / math.sqrt(precision)
     r2 = radius * radius
     n_max = int(2 * radius / spacing) + 3
@@ -236,18 +270,12 @@ def _sweep(mode, rows, total, cumulative, next_value, next_index, end_index, uni
                 rest = r2 - dz * dz - dy * dy
                 if rest < 0.0:
                     continue
-                # the row's points within the cut-off are those with dx^2 <= rest: a test per
-                # point costs less than a square root and two roundings per row
                 fzy = fz * ey[iy - ylo]
-                if mode == 0:  # the whole row within the cut-off (a loop that vectorises)
-                    for j in range(xhi - xlo + 1):
-                        total[iz, iy, xlo + j] += fzy * ex[j] if dx2[j] <= rest else 0.0
-                    continue
                 x0 = max(xlo, rows[iz, iy, 0])
                 x1 = min(xhi, rows[iz, iy, 1])
                 dyz2 = dy * dy + dz * dz
                 values = next_value[iz, iy]
-                if mode == 2:
+                if not sample:
                     for ix in range(x0, x1 + 1):
                         if dx2[ix - xlo] > rest:
                             continue
@@ -281,9 +309,8 @@ def _sweep(mode, rows, total, cumulative, next_value, next_index, end_index, uni
                         sy += w * dy
                         sz += w * dz
                         qk += w * (dx * dx + dyz2)
-        if mode != 0:
-            n_k[k] = nk
-            s_k[k, 0] = sx
-            s_k[k, 1] = sy
-            s_k[k, 2] = sz
-            q_k[k] = qk
+        n_k[k] = nk
+        s_k[k, 0] = sx
+        s_k[k, 1] = sy
+        s_k[k, 2] = sz
+        q_k[k] = qk

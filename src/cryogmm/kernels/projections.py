@@ -1,14 +1,17 @@
 """Numba kernels for many 2D images at once: projected mixtures (thesis 2.4, 3.3, 3.5).
 
 Each image i has its own set of projected means (the 3D means rotated by R_i and shifted by t_i);
-the kernels loop over images inside compiled code (in parallel threads for the statistics),
-reusing the single-grid kernels of `cryogmm.kernels.gaussians` on a `(1, ny, nx)` view of each
-image, so a Gibbs step over 25-100 images costs one call from Python.
+the kernels loop over images inside compiled code, reusing the single-grid kernels of
+`cryogmm.kernels.gaussians` on a `(1, ny, nx)` view of each image, so a Gibbs step over 25-100
+images costs one call from Python. `over_images` splits the images between threads: the kernels
+release the GIL. (numba's parallel=True would do the same inside the kernels, but compiling its
+parallel versions took 3.5 s more of a first run, for the same speed.)
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -18,7 +21,7 @@ from cryogmm.kernels.gaussians import _axis_factors, _axis_range, binned_statist
 _NUMBA_OPTIONS = dict(nogil=True, cache=True)
 
 
-@numba.njit(parallel=True, **_NUMBA_OPTIONS)
+@numba.njit(**_NUMBA_OPTIONS)
 def projected_statistics_kernel(counts, rows, means, amplitudes, precision, origin, spacing, cutoff_sigmas,
                                 exponentials, exponential_offsets, sample, work, uniforms, uniform_offsets):
     """Assignment statistics of every image's counts to that image's projected components.
@@ -31,8 +34,8 @@ def projected_statistics_kernel(counts, rows, means, amplitudes, precision, orig
     of its counts; unused when not sampling); uniforms : scratch, image i using
     uniforms[uniform_offsets[i]:uniform_offsets[i + 1]] (at least its number of counts).
 
-    Images are processed in parallel (numba threads); every image has its own scratch and its
-    own slice of the random draws, so the result does not depend on the number of threads.
+    Every image has its own scratch and its own slice of the random draws, so the result does
+    not depend on how `over_images` splits the images between threads.
 
     Returns n (P, K), s (P, K, 2) sums of n (v - m_ik), q (P, K) sums of n |v - m_ik|^2,
     log_likelihood (P,) and n_unassigned (P,) (see `binned_statistics_kernel`).
@@ -43,7 +46,7 @@ def projected_statistics_kernel(counts, rows, means, amplitudes, precision, orig
     q = np.zeros((n_images, n_components))
     log_likelihood = np.zeros(n_images)
     lost = np.zeros(n_images, dtype=np.int64)
-    for i in numba.prange(n_images):
+    for i in range(n_images):
         if sample:
             draws = exponentials[exponential_offsets[i]:exponential_offsets[i + 1]]
         else:
@@ -51,10 +54,13 @@ def projected_statistics_kernel(counts, rows, means, amplitudes, precision, orig
         n_k, s_k, q_k, ll, n_lost = binned_statistics_kernel(
             counts[i:i + 1], rows[i:i + 1], means[i], amplitudes, precision, origin, spacing,
             cutoff_sigmas, draws, sample, work[i], uniforms[uniform_offsets[i]:uniform_offsets[i + 1]])
-        n[i] = n_k
-        s[i, :, 0] = s_k[:, 0]
-        s[i, :, 1] = s_k[:, 1]
-        q[i] = q_k
+        # element by element: an array assignment would compile numba's shape-mismatch error
+        # message (its string formatting), seconds of a first run's compilation
+        for k in range(n_components):
+            n[i, k] = n_k[k]
+            s[i, k, 0] = s_k[k, 0]
+            s[i, k, 1] = s_k[k, 1]
+            q[i, k] = q_k[k]
         log_likelihood[i] = ll
         lost[i] = n_lost
     return n, s, q, log_likelihood, lost
@@ -113,7 +119,7 @@ def projected_densities_kernel(means, amplitudes, precision, origin, spacing, cu
         _render(means[m], amplitudes, precision, origin, spacing, cutoff_sigmas, out[m], ex, ey, dx2)
 
 
-@numba.njit(parallel=True, **_NUMBA_OPTIONS)
+@numba.njit(**_NUMBA_OPTIONS)
 def candidate_log_likelihoods_kernel(counts, rows, means, rotations, translations, amplitudes, precision, origin,
                                      spacing, cutoff_sigmas, scale, floor):
     """out[i, m] = sum_j y_ij log(scale h_im(v_j) + floor): each image's log-likelihood under each
@@ -122,13 +128,13 @@ def candidate_log_likelihoods_kernel(counts, rows, means, rotations, translation
     counts : (P, ny, nx) int32; rows : (P, ny, 2) from `occupied_rows(counts)`; means : (K, 3) 3D
     means; rotations : (P, M, 3, 3) image i's candidates R_im; translations : (P, M, 2);
     h_im(v) = sum_k amplitudes[k] exp(-precision/2 |v - P(R_im mu_k) - t_im|^2) (cut off), with
-    P the projection on the first two coordinates. Images run in parallel threads.
+    P the projection on the first two coordinates.
     """
     n_images, n_candidates = rotations.shape[0], rotations.shape[1]
     n_components = means.shape[0]
     ny, nx = counts.shape[1], counts.shape[2]
     out = np.empty((n_images, n_candidates))
-    for i in numba.prange(n_images):
+    for i in range(n_images):
         image = np.empty((ny, nx))  # contiguous, so that _render's rows vectorise
         projected = np.zeros((n_components, 3))
         ex, ey, dx2 = _scratch(precision, spacing, cutoff_sigmas)
@@ -148,3 +154,19 @@ def candidate_log_likelihoods_kernel(counts, rows, means, rotations, translation
                         total += y * math.log(scale * image[iy, ix] + floor)
             out[i, m] = total
     return out
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by number of threads, created when first needed
+
+
+def over_images(run, n_images: int) -> None:
+    """Call `run(start, stop)` for contiguous ranges of the images, one range per numba thread
+    (`numba.get_num_threads()`, e.g. 1 in the restarts' worker processes), in threads."""
+    n = min(numba.get_num_threads(), n_images)
+    if n <= 1:
+        run(0, n_images)
+        return
+    pool = _POOLS.setdefault(n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="cryogmm-images"))
+    bounds = np.linspace(0, n_images, n + 1).astype(np.int64)
+    for future in [pool.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+        future.result()

@@ -34,7 +34,7 @@ from cryogmm.geometry.so3 import random_rotations
 from cryogmm.grid import Grid
 from cryogmm.kernels import BinnedStatistics
 from cryogmm.kernels.gaussians import occupied_rows
-from cryogmm.kernels.projections import (candidate_log_likelihoods_kernel, projected_densities_kernel,
+from cryogmm.kernels.projections import (candidate_log_likelihoods_kernel, over_images, projected_densities_kernel,
                                          projected_statistics_kernel)
 from cryogmm.mixture import GaussianMixture, MixturePrior, log_prior, sample_from_prior
 from cryogmm.samplers.conditionals import gibbs_update
@@ -228,10 +228,18 @@ class ProjectedGibbsSampler:
         exponentials = self._exponentials
         if sample:
             rng.standard_exponential(out=exponentials, dtype=np.float32)
-        n, sums, q, ll, lost = projected_statistics_kernel(
-            self.data.counts, self._rows, means, amplitudes, float(s), self._origin,
-            self.data.pixel_size_in_angstroms, float(self.cutoff_sigmas), exponentials,
-            self._exponential_offsets, sample, self._work, self._uniforms, self._uniform_offsets)
+        p, k = means.shape[:2]
+        n, sums, q = np.empty((p, k)), np.empty((p, k, 2)), np.empty((p, k))
+        ll, lost = np.empty(p), np.empty(p, dtype=np.int64)
+
+        def run(a, b):
+            n[a:b], sums[a:b], q[a:b], ll[a:b], lost[a:b] = projected_statistics_kernel(
+                self.data.counts[a:b], self._rows[a:b], means[a:b], amplitudes, float(s), self._origin,
+                self.data.pixel_size_in_angstroms, float(self.cutoff_sigmas), exponentials,
+                self._exponential_offsets[a:b + 1], sample, self._work[a:b], self._uniforms,
+                self._uniform_offsets[a:b + 1])
+
+        over_images(run, p)
         return ProjectedStatistics(n, sums, q, ll, lost)
 
     def log_posterior(self, state: ProjectedState) -> float:
@@ -381,10 +389,18 @@ def image_log_likelihoods(sampler: ProjectedGibbsSampler, mixture: GaussianMixtu
     grid = sampler.data.grid
     area = np.prod(grid.shape) * grid.spacing_in_angstroms**2
     eps = GLOBAL_BACKGROUND_WEIGHT
-    return candidate_log_likelihoods_kernel(
-        sampler.data.counts, sampler._rows, full.means_in_angstroms, np.ascontiguousarray(rotations, dtype=np.float64),
-        np.ascontiguousarray(translations), full.weights * s / (2 * np.pi), float(s), sampler._origin,
-        sampler.data.pixel_size_in_angstroms, TABLE_CUTOFF_SIGMAS, 1.0 - eps, eps / area)
+    rotations = np.ascontiguousarray(rotations, dtype=np.float64)
+    translations = np.ascontiguousarray(translations)
+    out = np.empty(rotations.shape[:2])
+
+    def run(a, b):
+        out[a:b] = candidate_log_likelihoods_kernel(
+            sampler.data.counts[a:b], sampler._rows[a:b], full.means_in_angstroms, rotations[a:b], translations[a:b],
+            full.weights * s / (2 * np.pi), float(s), sampler._origin, sampler.data.pixel_size_in_angstroms,
+            TABLE_CUTOFF_SIGMAS, 1.0 - eps, eps / area)
+
+    over_images(run, rotations.shape[0])
+    return out
 
 
 def _distinct_seeds(scores: np.ndarray, rotations: np.ndarray, current: np.ndarray, operators: np.ndarray,

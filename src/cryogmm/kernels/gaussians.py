@@ -234,7 +234,9 @@ def _sweep(sample, rows, cumulative, next_value, next_index, end_index, uniforms
     else soft assignments with next_value holding y_j / total_j. Only the span of each grid row
     between its first and last occupied point is visited (`rows[iz, iy] = (first, last)`,
     first > last for an empty row). The totals are `_sweep_total`'s (a separate function: the
-    compiler then builds each loop only where it is used).
+    compiler then builds each loop only where it is used). Both repeat the per-component set-up
+    (box, axis factors, dx^2) on purpose: moved into a helper function, it made both passes 30%
+    slower (the loops no longer vectorised).
     """
     nz, ny, nx = next_value.shape
     radius = cutoff_sigmas / math.sqrt(precision)

@@ -53,14 +53,18 @@ REFERENCES = (
     "after S. H. W. Scheres, J. Struct. Biol. 180, 519-530 (2012).")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or, when `argv` starts with a command's name, of that command
+    alone: building them all imports every command's module (pandas among them), a quarter of a
+    second before a command can start its work."""
     parser = argparse.ArgumentParser(
         prog="cryogmm", description="Gaussian-mixture (pseudo-atom) initial models for single-particle cryo-EM, their "
         "refinement against particle images (refine) and tools. `cryogmm COMMAND --help` explains a command; `cryogmm demo` runs the whole ab initio pipeline "
         "on a built-in phantom.", epilog=REFERENCES)
     parser.add_argument("--version", action="version", version=f"cryogmm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in COMMANDS.items():
+    chosen = {argv[0]: COMMANDS[argv[0]]} if argv and argv[0] in COMMANDS else COMMANDS
+    for name, module_name in chosen.items():
         module = importlib.import_module(f"cryogmm.cli.{module_name}")
         doc = module.__doc__ or name
         p = sub.add_parser(name, help=doc.strip().splitlines()[0], description=doc,
@@ -125,8 +129,8 @@ def console_main() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(arguments).parse_args(arguments)
     args._command_line = ["cryogmm", *(sys.argv[1:] if argv is None else argv)]  # recorded in report.html
     signals = _StopSignals()
     signals.install()

@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -367,6 +368,8 @@ def _main(args: argparse.Namespace, jobs: int, pool) -> int:
                 log.info("%d negative pixels (%.1f%% of the absolute mass): background subtracted and negatives set "
                          "to zero (--clip-negatives)", n_negative, 100 * share)
             progress = not args.quiet and sys.stderr.isatty()
+            # the outputs' modules (matplotlib: 0.3 s) load while this process waits for the restarts
+            threading.Thread(target=_import_output_modules, daemon=True).start()
             try:
                 if args.noise_model == "gaussian":
                     from cryogmm.pipelines.abinitio_gaussian import run_gaussian_abinitio
@@ -403,6 +406,14 @@ def _main(args: argparse.Namespace, jobs: int, pool) -> int:
     finally:
         close_logging()
     return 0
+
+
+def _import_output_modules() -> None:
+    import importlib
+
+    for name in ("cryogmm.io.results", "cryogmm.report.abinitio", "cryogmm.report.html", "cryogmm.report.maps",
+                 "cryogmm.report.render", "cryogmm.metrics.alignment"):
+        importlib.import_module(name)
 
 
 CLI_REMEDY = ("pass --prepare to mask, centre and clip them (deconvolving particles with CTFs first), or "

@@ -196,6 +196,7 @@ def test_bad_inputs_are_refused(tmp_path, images, capsys):
                     "and below --cycles (2)", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(good), "--screen-cycles", "0"], "--screen-cycles 0", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(good), "--keep-restarts", "0"], "--keep-restarts 0", tmp_path)
+    _expect_refusal(capsys, ["abinitio", str(good), "--restart-agreement", "-5"], "--restart-agreement -5.0", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(good), "--noise-model", "gaussian", "--keep-restarts", "1"],
                     "the gaussian model runs every restart in full", tmp_path)
     _expect_refusal(capsys, ["abinitio", str(tmp_path / "missing.mrcs")], "missing.mrcs", tmp_path)

@@ -101,6 +101,18 @@ def test_screening_keeps_the_best_restarts_and_continues_them_exactly(phantom_im
     # the fixed schedule runs every restart in full
     fixed = run_abinitio(images, 6.0, AbinitioSettings(**{**SCREENED, "adaptive_stopping": False}), seed=4)
     assert [r.stop["step"] for r in fixed.restarts] == [3, 3, 3]
+    # two best restarts that agree (here: any two, within 180 degrees) end the initial stage at the
+    # screening; the better of them is refined
+    agreed = run_abinitio(images, 6.0, AbinitioSettings(**{**SCREENED, "restart_agreement_in_degrees": 180.0}),
+                          seed=4)
+    stage = agreed.stopping["initial_stage"]
+    assert stage["rule"] == "restarts_agree" and stage["step"] == 1 and stage["share"] == 1.0
+    assert sorted(i - 1 for i in stage["restarts"]) == kept
+    assert [r.stop for r in agreed.restarts] == [{"rule": "restarts_agree", "step": 1} if i in kept else out.stop
+                                                 for i in range(3)]
+    assert agreed.best_restart == max(kept, key=lambda i: screened[i].log_posterior)
+    np.testing.assert_array_equal(agreed.restarts[agreed.best_restart].rotations,
+                                  screened[agreed.best_restart].rotations)
 
 
 def test_refinement_on_cropped_images_gives_maps_on_the_input_grid(phantom_images, caplog):

@@ -131,6 +131,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "log-posterior go on (default 5; poisson model)")
     parser.add_argument("--keep-restarts", type=int, default=None, metavar="N",
                         help="restarts that go on after the screening (default 2; all: no screening)")
+    parser.add_argument("--restart-agreement", type=float, default=10.0, metavar="DEGREES",
+                        help="the initial stage ends after the screening when its two best restarts place 90%% of "
+                             "the images within this of each other (default 10)")
     parser.add_argument("--max-shift", type=float, default=None,
                         help="largest in-plane translation searched in Å (default 10%% of the box; 0 fixes them)")
     parser.add_argument("--clip-negatives", action="store_true",
@@ -211,7 +214,8 @@ def build_settings(args: argparse.Namespace):
         raise InputError(f"--jobs {args.jobs}: must be at least 1")
     if args.max_shift is not None and (not math.isfinite(args.max_shift) or args.max_shift < 0):
         raise InputError(f"--max-shift {args.max_shift}: must be a non-negative number of Å")
-    for option, value in (("--stop-tolerance", args.stop_tolerance), ("--rotation-tolerance", args.rotation_tolerance)):
+    for option, value in (("--stop-tolerance", args.stop_tolerance), ("--rotation-tolerance", args.rotation_tolerance),
+                          ("--restart-agreement", args.restart_agreement)):
         if not math.isfinite(value) or value < 0:
             raise InputError(f"{option} {value}: must be a non-negative number")
     if args.stop_window is not None and not 2 <= args.stop_window <= args.burn_in // 2:
@@ -235,6 +239,7 @@ def build_settings(args: argparse.Namespace):
                             refine_stop_standard_errors=args.stop_tolerance,
                             initial_stop_tolerance_in_degrees=args.rotation_tolerance,
                             screen_cycles=args.screen_cycles, restarts_kept=args.keep_restarts,
+                            restart_agreement_in_degrees=args.restart_agreement,
                             final_map=args.final_map.replace("-", "_"))
 
 

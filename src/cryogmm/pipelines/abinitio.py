@@ -11,7 +11,8 @@ between the global table's rotations (N_R = 1000 rotations are about 25 degrees 
 the restarts are ranked by their final log-posterior (3.4.3). With adaptive stopping the restarts
 are screened (successive halving): all run `screen_cycles` cycles, and only the `restarts_kept`
 with the highest log-posterior then run on to `n_cycles` (after five cycles the ranking nearly
-always keeps a restart that succeeds; after three it often does not: benchmarks/README.md).
+always keeps a restart that succeeds; after three it often does not: benchmarks/README.md); when
+the two best already agree on the orientations, none runs on.
 
 Refinement stage: the best restart's rotations, a fresh mixture from the prior with more
 components (K = 300; the thesis uses 1000), the images Fourier-cropped to `refine_box` (32 px; the
@@ -90,13 +91,17 @@ class AbinitioSettings:
     final_map: str = "auto"
     # adaptive stopping (samplers.stopping): the step counts above are maxima. Every restart runs
     # `screen_cycles` cycles, and only the `restarts_kept` best by log-posterior run on (successive
-    # halving); a restart ends when its cycle-mean rotations are stable (window of
+    # halving), unless the two best already agree (`restart_agreement_share` of the images within
+    # `restart_agreement_in_degrees` after the best global rotation and hand): then the initial
+    # stage ends there; a restart ends when its cycle-mean rotations are stable (window of
     # `initial_stop_window` cycles, counted after the screening); the warm-up and the burn-in of the
     # refinement end when the log-posterior has reached its plateau (`refine_stop_window` steps,
     # `refine_stop_standard_errors`).
     adaptive_stopping: bool = True
     screen_cycles: int = 5
     restarts_kept: int = 2
+    restart_agreement_in_degrees: float = 10.0
+    restart_agreement_share: float = 0.9
     initial_stop_window: int | None = None  # None: 2 cycles (no rule with fewer than 4 cycles)
     initial_stop_tolerance_in_degrees: float = 1.0
     refine_stop_window: int | None = None  # None: 10 steps, at most a quarter of the stage's maximum
@@ -119,10 +124,12 @@ class AbinitioSettings:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.refine_burn_in >= self.refine_steps and self.refine_steps > 0:
             raise ValueError(f"refine_burn_in ({self.refine_burn_in}) must be below refine_steps ({self.refine_steps})")
-        for name in ("initial_stop_tolerance_in_degrees", "refine_stop_standard_errors"):
+        for name in ("initial_stop_tolerance_in_degrees", "restart_agreement_in_degrees", "refine_stop_standard_errors"):
             value = float(getattr(self, name))
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value}")
+        if not 0 < self.restart_agreement_share <= 1:
+            raise ValueError(f"restart_agreement_share must be in (0, 1], got {self.restart_agreement_share}")
         for name in ("screen_cycles", "restarts_kept"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -309,10 +316,30 @@ def run_restart(index: int, seed_sequence: np.random.SeedSequence, data: ImageCo
                          stop, final, rng)
 
 
+def restarts_agree(a: RestartResult, b: RestartResult, settings: AbinitioSettings) -> float | None:
+    """The share of images whose rotations in restarts a and b agree within
+    `restart_agreement_in_degrees` after the best global rotation and hand (up to the symmetry),
+    if it reaches `restart_agreement_share`; else None."""
+    from cryogmm.metrics.alignment import rotation_errors  # here: the restarts' workers need not import it
+
+    errors = rotation_errors(a.rotations, b.rotations, symmetry_operators(settings.symmetry)).errors_in_degrees
+    share = float(np.mean(errors <= settings.restart_agreement_in_degrees))
+    return share if share >= settings.restart_agreement_share else None
+
+
 def _screened_out(restart: RestartResult, rank: int) -> RestartResult:
     """A screened restart that does not go on: its state after the screening, as its result."""
+    return _ended(restart, {"rule": "screened_out", "step": restart.stop["step"], "rank": rank})
+
+
+def _agreed(restart: RestartResult) -> RestartResult:
+    """One of the two best screened restarts, which agree: its state after the screening."""
+    return _ended(restart, {"rule": "restarts_agree", "step": restart.stop["step"]})
+
+
+def _ended(restart: RestartResult, stop: dict) -> RestartResult:
     return RestartResult(restart.index, restart.log_posterior, restart.mixture, restart.rotations, restart.trace,
-                         restart.seconds, {"rule": "screened_out", "step": restart.stop["step"], "rank": rank})
+                         restart.seconds, stop)
 
 
 def _restart_to_dict(r: RestartResult) -> dict:
@@ -404,18 +431,31 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
 
         everyone = range(settings.n_restarts)
         if settings.screening():
-            # successive halving: every restart runs the screening cycles, the best go on
+            # successive halving: every restart runs the screening cycles, the best go on (none
+            # if the two best agree already)
             run([i for i in everyone if i not in screened and i not in restarts], settings.screen_cycles, "screen",
                 screened)
             ranked = sorted(screened, key=lambda i: -screened[i].log_posterior)
             kept = ranked[:settings.restarts_kept]
-            logger.info("screened after %d cycles: restarts %s go on", settings.screen_cycles,
-                        ", ".join(str(i + 1) for i in kept))
+            share = restarts_agree(screened[ranked[0]], screened[ranked[1]], settings)
+            if share is not None:  # the two best found the same orientations: none goes on
+                kept = []
+                logger.info("screened after %d cycles: restarts %d and %d agree (%.0f%% of the images within %.3g "
+                            "degrees); the initial stage ends", settings.screen_cycles, ranked[0] + 1, ranked[1] + 1,
+                            100 * share, settings.restart_agreement_in_degrees)
+                stage_stop = {"rule": "restarts_agree", "step": settings.screen_cycles,
+                              "restarts": [ranked[0] + 1, ranked[1] + 1], "share": share,
+                              "restarts_run": settings.n_restarts}
+            else:
+                logger.info("screened after %d cycles: restarts %s go on", settings.screen_cycles,
+                            ", ".join(str(i + 1) for i in kept))
+                stage_stop = {"rule": "screened", "step": settings.screen_cycles, "kept": [i + 1 for i in kept],
+                              "restarts_run": settings.n_restarts}
             run([i for i in kept if i not in restarts], settings.n_cycles, "restart", restarts, screened)
-            for rank, i in enumerate(ranked[settings.restarts_kept:], settings.restarts_kept + 1):
-                restarts[i] = _screened_out(screened[i], rank)
-            stage_stop = {"rule": "screened", "step": settings.screen_cycles, "kept": [i + 1 for i in kept],
-                          "restarts_run": settings.n_restarts}
+            for rank, i in enumerate(ranked, 1):
+                if i not in kept:
+                    agreed = share is not None and rank <= 2
+                    restarts[i] = _agreed(screened[i]) if agreed else _screened_out(screened[i], rank)
         else:
             run([i for i in everyone if i not in restarts], settings.n_cycles, "restart", restarts)
             stage_stop = {"rule": "max_restarts", "restarts_run": settings.n_restarts}

@@ -11,8 +11,7 @@ import numpy as np
 
 from cryogmm.errors import InputError
 from cryogmm.io.mrc import read_stack
-from cryogmm.io.paths import require_file
-from cryogmm.io.star import format_image_name, load_images, read_particles
+from cryogmm.io.paths import format_image_name, require_file
 
 MIN_IMAGES = 3
 
@@ -81,6 +80,8 @@ def read_input_images(path: str | os.PathLike, pixel_size_in_angstroms: float | 
         result = InputImages(np.asarray(classes.images, dtype=np.float64), classes.pixel_size_in_angstroms,
                              list(classes.names), path)
     elif suffix == ".star":
+        from cryogmm.io.star import load_images, read_particles  # here: pandas is 0.25 s of start-up
+
         table = read_particles(path)
         images, pixel = load_images(table, pixel_size_in_angstroms=pixel_size_in_angstroms)
         result = InputImages(images.astype(np.float64), pixel,
@@ -119,5 +120,7 @@ def optics_values(path: str | os.PathLike) -> dict:
         path = path.with_name(path.name.replace("_model.star", "_data.star"))
         if not path.name.endswith("_data.star") or not path.is_file():
             return {}
+    from cryogmm.io.star import read_particles
+
     particles = read_particles(path).particles
     return {key: float(particles[key].iloc[0]) for key in OPTICS_COPIED if key in particles.columns}

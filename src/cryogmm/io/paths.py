@@ -22,3 +22,8 @@ def require_file(path: str | os.PathLike, option: str = "") -> Path:
     if not path.is_file():
         raise InputError(f"{name}: file not found; check the path")
     return path
+
+
+def format_image_name(index0: int, stack_name: str) -> str:
+    """`(0, "stack.mrcs")` -> `"000001@stack.mrcs"` (1-based, 6 digits)."""
+    return f"{int(index0) + 1:06d}@{stack_name}"

@@ -35,7 +35,7 @@ from cryogmm.errors import InputError
 from cryogmm.forward.ctf import CTFParameters
 from cryogmm.geometry.so3 import euler_to_matrix, matrix_to_euler
 from cryogmm.io.mrc import _check_finite, _decimal, _looks_like_volume, _open_mrc, atomic_output
-from cryogmm.io.paths import require_file
+from cryogmm.io.paths import format_image_name, require_file  # noqa: F401 (format_image_name: API)
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +111,6 @@ def split_image_name(name: str) -> tuple[int, str]:
     if not index.strip().isdigit() or int(index) < 1 or not stack:
         raise ValueError(f"image name {name!r} is not of the form N@stack with N >= 1")
     return int(index) - 1, stack
-
-
-def format_image_name(index0: int, stack_name: str) -> str:
-    """`(0, "stack.mrcs")` -> `"000001@stack.mrcs"` (1-based, 6 digits)."""
-    return f"{int(index0) + 1:06d}@{stack_name}"
 
 
 def _pixel_sizes(df: pd.DataFrame) -> np.ndarray | None:

@@ -17,9 +17,10 @@ what remains negative to zero.
 
 Stages: several independent restarts of the initial stage (K = --components-initial on images
 downsampled to --initial-box, --initial-counts counts each, --rotations global rotations), ranked
-by log-posterior (all run --screen-cycles cycles, the best --keep-restarts go on to --cycles); then refinement of the best one (K = --components on the images Fourier-cropped
-to --refine-box, 32 px by default, --counts counts each, rotations and translations sampled) and
-the posterior mean of the thinned samples after burn-in.
+by log-posterior (all run --screen-cycles cycles, the best --keep-restarts go on to --cycles unless
+the two best agree already); then refinement of the best one (K = --components on the images
+Fourier-cropped to --refine-box, 32 px by default, --counts counts each, rotations and translations
+sampled) and the posterior mean of the thinned samples after burn-in.
 
 Outputs in DIR: map.mrc (on the input pixel size and box; rotation centre at voxel box//2, MRC
 origin 0 as RELION writes it): with the poisson model the pseudo-atom posterior mean

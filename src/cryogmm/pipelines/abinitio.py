@@ -124,7 +124,8 @@ class AbinitioSettings:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.refine_burn_in >= self.refine_steps and self.refine_steps > 0:
             raise ValueError(f"refine_burn_in ({self.refine_burn_in}) must be below refine_steps ({self.refine_steps})")
-        for name in ("initial_stop_tolerance_in_degrees", "restart_agreement_in_degrees", "refine_stop_standard_errors"):
+        for name in ("initial_stop_tolerance_in_degrees", "restart_agreement_in_degrees",
+                     "refine_stop_standard_errors"):
             value = float(getattr(self, name))
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value}")
@@ -435,26 +436,11 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
             # if the two best agree already)
             run([i for i in everyone if i not in screened and i not in restarts], settings.screen_cycles, "screen",
                 screened)
-            ranked = sorted(screened, key=lambda i: -screened[i].log_posterior)
-            kept = ranked[:settings.restarts_kept]
-            share = restarts_agree(screened[ranked[0]], screened[ranked[1]], settings)
-            if share is not None:  # the two best found the same orientations: none goes on
-                kept = []
-                logger.info("screened after %d cycles: restarts %d and %d agree (%.0f%% of the images within %.3g "
-                            "degrees); the initial stage ends", settings.screen_cycles, ranked[0] + 1, ranked[1] + 1,
-                            100 * share, settings.restart_agreement_in_degrees)
-                stage_stop = {"rule": "restarts_agree", "step": settings.screen_cycles,
-                              "restarts": [ranked[0] + 1, ranked[1] + 1], "share": share,
-                              "restarts_run": settings.n_restarts}
-            else:
-                logger.info("screened after %d cycles: restarts %s go on", settings.screen_cycles,
-                            ", ".join(str(i + 1) for i in kept))
-                stage_stop = {"rule": "screened", "step": settings.screen_cycles, "kept": [i + 1 for i in kept],
-                              "restarts_run": settings.n_restarts}
+            ranked, kept, stage_stop = _after_screening(screened, settings)
             run([i for i in kept if i not in restarts], settings.n_cycles, "restart", restarts, screened)
             for rank, i in enumerate(ranked, 1):
                 if i not in kept:
-                    agreed = share is not None and rank <= 2
+                    agreed = stage_stop["rule"] == "restarts_agree" and rank <= 2
                     restarts[i] = _agreed(screened[i]) if agreed else _screened_out(screened[i], rank)
         else:
             run([i for i in everyone if i not in restarts], settings.n_cycles, "restart", restarts)
@@ -482,6 +468,25 @@ def run_abinitio(images: np.ndarray, pixel_size_in_angstroms: float, settings: A
                 ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in final.figures.items()))
     return AbinitioResult(final_map=final, settings=settings, restarts=[restarts[i] for i in sorted(restarts)],
                           best_restart=best.index, timings=timings, **refine)
+
+
+def _after_screening(screened: dict, settings: AbinitioSettings) -> tuple[list[int], list[int], dict]:
+    """The screened restarts ranked by log-posterior, those that go on (the `restarts_kept` best;
+    none when the two best agree already, `restarts_agree`) and the initial stage's stopping record."""
+    ranked = sorted(screened, key=lambda i: -screened[i].log_posterior)
+    share = restarts_agree(screened[ranked[0]], screened[ranked[1]], settings)
+    if share is not None:  # the two best found the same orientations
+        logger.info("screened after %d cycles: restarts %d and %d agree (%.0f%% of the images within %.3g degrees); "
+                    "the initial stage ends", settings.screen_cycles, ranked[0] + 1, ranked[1] + 1, 100 * share,
+                    settings.restart_agreement_in_degrees)
+        return ranked, [], {"rule": "restarts_agree", "step": settings.screen_cycles,
+                            "restarts": [ranked[0] + 1, ranked[1] + 1], "share": share,
+                            "restarts_run": settings.n_restarts}
+    kept = ranked[:settings.restarts_kept]
+    logger.info("screened after %d cycles: restarts %s go on", settings.screen_cycles,
+                ", ".join(str(i + 1) for i in kept))
+    return ranked, kept, {"rule": "screened", "step": settings.screen_cycles, "kept": [i + 1 for i in kept],
+                          "restarts_run": settings.n_restarts}
 
 
 class _RestartRunner:

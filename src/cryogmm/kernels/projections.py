@@ -1,8 +1,8 @@
 """Numba kernels for many 2D images at once: projected mixtures (thesis 2.4, 3.3, 3.5).
 
 Each image i has its own set of projected means (the 3D means rotated by R_i and shifted by t_i);
-the kernels loop over images inside compiled code, reusing the single-grid kernels of
-`cryogmm.kernels.gaussians` on a `(1, ny, nx)` view of each image, so a Gibbs step over 25-100
+the kernels loop over images inside compiled code (the statistics reusing the single-grid kernel
+of `cryogmm.kernels.gaussians` on a `(1, ny, nx)` view of each image), so a Gibbs step over 25-100
 images costs one call from Python. `over_images` splits the images between threads: the kernels
 release the GIL. (numba's parallel=True would do the same inside the kernels, but compiling its
 parallel versions took 3.5 s more of a first run, for the same speed.)
@@ -72,10 +72,9 @@ def _render(means, amplitudes, precision, origin, spacing, cutoff_sigmas, out, e
     component at the pixels within `cutoff_sigmas` standard deviations of its mean (a disc).
 
     means : (K, 3) (x, y, ignored); ex, ey, dx2 : scratch of at least 2 radius / spacing + 3.
-    The same sum as `evaluate_kernel` on a (1, ny, nx) grid, about three times faster on the
-    small discs of projected components (radius 4-6 pixels): a row's points within the disc are
-    found by a test per point, dx^2 <= rest, which the compiler vectorises, instead of a square
-    root and two roundings per row.
+    The same sum as `evaluate_kernel` (`_sweep_total`) on a (1, ny, nx) grid, and the same way (a
+    row's points within the disc found by a test per point, dx^2 <= rest, which the compiler
+    vectorises), a fifth faster without the third axis: the candidates' hot loop.
     """
     ny, nx = out.shape
     radius = cutoff_sigmas / math.sqrt(precision)

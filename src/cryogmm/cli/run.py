@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 

@@ -99,7 +99,7 @@ def residual_and_centre_gradients_kernel(images, centres, scales, size, origin, 
     Writes residual = images - yhat (N, ny, nx), d_centres (N, K, 2) = sum_j e v s (x - c)
     and d_size (N,) = sum_j e v |x - c|^2 / 2, both without the factor -beta lam (resp. beta lam).
     """
-    n_images, n_components = centres.shape[0], centres.shape[1]
+    n_images = centres.shape[0]
     ny, nx = images.shape[1], images.shape[2]
     reach = cutoff_sigmas / math.sqrt(size)
     for i in numba.prange(n_images):

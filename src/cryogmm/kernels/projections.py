@@ -165,7 +165,9 @@ def over_images(run, n_images: int) -> None:
     if n <= 1:
         run(0, n_images)
         return
-    pool = _POOLS.setdefault(n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="cryogmm-images"))
+    if n not in _POOLS:
+        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cryogmm-images")
+    pool = _POOLS[n]
     bounds = np.linspace(0, n_images, n + 1).astype(np.int64)
     for future in [pool.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]:
         future.result()

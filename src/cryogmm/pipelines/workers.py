@@ -33,7 +33,6 @@ class WorkerPool:
     def __init__(self, workers: int, module: str = "cryogmm.pipelines.abinitio") -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        self.workers = workers
         threads = max(1, (os.cpu_count() or 1) // workers)
         saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
         os.environ.update({name: str(threads) for name in _THREAD_VARIABLES})
